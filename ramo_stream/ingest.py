@@ -1,0 +1,134 @@
+"""Reading JSONL files of pairs and producing them to the pairs topic.
+
+Two line formats are accepted:
+
+- the project's own ``ResponsePair`` JSON (``prompt``, ``response_a``, ``response_b``, ...);
+- RewardBench style ``{"prompt", "chosen", "rejected", "id"?, "subset"?}``. The gold side
+  is hidden: which response becomes A is decided by a hash of the content (so the order
+  says nothing about the preference, yet re-ingesting the same file gives the same
+  pair_ids), and the gold preference is kept in ``metadata.gold`` for evaluation.
+
+A line that does not parse goes to the dead-letter topic with its reason and bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ramo_stream.schemas import (
+    MAX_ID_CHARS,
+    DeadLetter,
+    ResponsePair,
+    describe_validation_error,
+)
+from ramo_stream.stream.kafka_io import TopicWriter
+from ramo_stream.stream.serde import Rejection
+
+
+def _a_is_chosen(prompt: Any, chosen: Any, rejected: Any) -> bool:
+    digest = hashlib.sha256(json.dumps([prompt, chosen, rejected]).encode()).digest()
+    return digest[0] & 1 == 1
+
+
+def from_rewardbench(row: dict[str, Any], source: str) -> dict[str, Any]:
+    """Map a prompt/chosen/rejected row to ResponsePair fields with the sides shuffled."""
+    chosen, rejected = row["chosen"], row["rejected"]
+    a_chosen = _a_is_chosen(row.get("prompt"), chosen, rejected)
+    metadata: dict[str, Any] = {"gold": "a" if a_chosen else "b"}
+    for k in ("id", "subset"):
+        if k in row:
+            metadata["original_id" if k == "id" else k] = row[k]
+    return {
+        "prompt": row.get("prompt"),
+        "response_a": chosen if a_chosen else rejected,
+        "response_b": rejected if a_chosen else chosen,
+        "source": row.get("source", source),
+        "metadata": metadata,
+    }
+
+
+def parse_line(raw: bytes, source: str) -> ResponsePair | Rejection:
+    """One JSONL line (either format) to a pair, or a Rejection with the reason."""
+    try:
+        row = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return Rejection(f"not a JSON line: {e}", raw)
+    if not isinstance(row, dict):
+        return Rejection(f"expected a JSON object, got {type(row).__name__}", raw)
+    try:
+        if "chosen" in row or "rejected" in row:
+            missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+            if missing:
+                return Rejection(f"RewardBench row is missing {missing}", raw)
+            row = from_rewardbench(row, source)
+        else:
+            row.setdefault("source", source)
+        return ResponsePair.model_validate(row)
+    except ValidationError as e:
+        return Rejection(f"invalid ResponsePair: {describe_validation_error(e)}", raw)
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as f:
+        for no, line in enumerate(f, start=1):
+            line = line.strip()
+            if line:
+                yield no, line
+
+
+def source_name(path: Path) -> str:
+    """A valid source identifier from a file name."""
+    # ASCII only and bounded, as the Identifier pattern of ResponsePair.source requires.
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in path.stem)
+    return cleaned.lstrip("._-")[:MAX_ID_CHARS] or "file"
+
+
+@dataclass
+class IngestReport:
+    accepted: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)  # the first few, for the summary
+
+
+def ingest_file(
+    path: Path,
+    writer: TopicWriter,
+    pairs_topic: str,
+    dlq_topic: str,
+    source: str | None = None,
+    limit: int | None = None,
+    on_line: Callable[[], None] | None = None,
+    flush_every: int = 1000,
+) -> IngestReport:
+    """Produce every valid line to ``pairs_topic`` and every bad one to ``dlq_topic``.
+
+    Returns once every send is acknowledged (acks=all).
+    """
+    source = source or source_name(path)
+    report = IngestReport()
+    for i, (no, raw) in enumerate(iter_lines(path)):
+        if limit is not None and i >= limit:
+            break
+        out = parse_line(raw, source)
+        if isinstance(out, Rejection):
+            report.rejected += 1
+            if len(report.reasons) < 5:
+                report.reasons.append(f"line {no}: {out.reason}")
+            letter = DeadLetter.of(raw, f"line {no}: {out.reason}", "ingest", source_topic=None)
+            writer.send(dlq_topic, letter)
+        else:
+            report.accepted += 1
+            writer.send(pairs_topic, out, key=out.pair_id)
+        if on_line:
+            on_line()
+        if (i + 1) % flush_every == 0:
+            writer.flush()
+    writer.flush()
+    return report

