@@ -215,7 +215,10 @@ class StreamProcessor(Generic[R]):
         tansu 0.6 answers ListOffsets(latest) with the base offset of the last record
         batch, which would stop a reader short of the final batch.
         """
-        assigned = self.consumer.assignment()
+        # Only partitions of the topics we subscribe to: a group whose members once read
+        # other topics can hand out stale partitions for a moment during a rebalance.
+        topics = self.consumer.subscription() or set()
+        assigned = [tp for tp in self.consumer.assignment() if tp.topic in topics]
         if not assigned:
             return False
         for tp in assigned:

@@ -52,14 +52,18 @@ def gate(
     topic: str,
     dlq: str,
     handler: Callable[[list[Message[ResponsePair]]], None],
-    group: str = "g",
     **kw: object,
 ) -> StreamProcessor[ResponsePair]:
-    consumer = make_consumer(broker, KAFKA, group, topic)
+    consumer = make_consumer(broker, KAFKA, group_of(topic), topic)
     return StreamProcessor(
         consumer, TopicWriter(make_producer(broker, KAFKA)), ResponsePair, handler,
         dlq_topic=dlq, stage="gate", **kw,  # type: ignore[arg-type]
     )  # fmt: skip
+
+
+def group_of(topic: str) -> str:
+    """One consumer group per test topic, so no test sees another's group state."""
+    return f"g-{topic}"
 
 
 def committed_total(broker: str, topic: str, group: str) -> int:
@@ -81,7 +85,7 @@ def test_round_trip_10k(broker: str, new_topic: Callable[..., str]) -> None:
     proc.close()
     assert len(got) == 10_000 and set(got) == {p.pair_id for p in pairs}
     assert stats.dead_lettered == 0 and stats.duplicates == 0
-    assert committed_total(broker, topic, "g") == 10_000
+    assert committed_total(broker, topic, group_of(topic)) == 10_000
     assert read_all(broker, dlq) == []
 
 
@@ -97,7 +101,7 @@ def test_restart_resumes_from_committed_offsets(broker: str, new_topic: Callable
     proc.run(max_records=1000, idle_timeout_s=60)
     proc.close()  # stopped mid-stream
     assert 1000 <= len(first) < 3000
-    assert committed_total(broker, topic, "g") == len(first)
+    assert committed_total(broker, topic, group_of(topic)) == len(first)
 
     second: list[str] = []
     proc = gate(broker, topic, dlq, lambda b: second.extend(m.record.pair_id for m in b))
@@ -105,7 +109,7 @@ def test_restart_resumes_from_committed_offsets(broker: str, new_topic: Callable
     proc.close()
     assert set(first) | set(second) == {p.pair_id for p in pairs}  # nothing lost
     assert not set(first) & set(second)  # a clean stop re-delivers nothing
-    assert committed_total(broker, topic, "g") == 3000
+    assert committed_total(broker, topic, group_of(topic)) == 3000
 
 
 class Crash(BaseException):
