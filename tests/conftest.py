@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,15 @@ def new_topic(broker: str) -> Callable[..., str]:
         return name
 
     return make
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged local models, prepared once per test session (~30 s on 2 cores)."""
+    pytest.importorskip("transformers", reason="the models extra is not installed")
+    from ramo_stream.local_models import KNOWN, prepare
+
+    root = tmp_path_factory.mktemp("models")
+    for name in KNOWN:
+        prepare(name, root)
+    return root

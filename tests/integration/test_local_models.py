@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch", reason="the models extra is not installed")
 transformers = pytest.importorskip("transformers", reason="the models extra is not installed")
 
 
-def test_prepare_smollm2_gives_a_loadable_hf_folder(tmp_path: Path) -> None:
+def test_prepare_smollm2_gives_a_loadable_hf_folder(models_dir: Path) -> None:
     from ramo_stream.local_models import prepare, resolve
 
-    path = prepare("smollm2-135m-instruct", tmp_path)
-    assert resolve("smollm2-135m-instruct", tmp_path) == str(path)
+    path = models_dir / "smollm2-135m-instruct"
+    assert resolve("smollm2-135m-instruct", models_dir) == str(path)
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config  # vLLM would look for GGUF tensors otherwise
     tok = transformers.AutoTokenizer.from_pretrained(path)
@@ -31,14 +31,12 @@ def test_prepare_smollm2_gives_a_loadable_hf_folder(tmp_path: Path) -> None:
     assert "Paris" in tok.decode(out[0, ids.shape[1] :])  # real weights, not a random init
     # Preparing again is a no-op that returns the same folder.
     mtime = (path / "model.safetensors").stat().st_mtime
-    assert prepare("smollm2-135m-instruct", tmp_path) == path
+    assert prepare("smollm2-135m-instruct", models_dir) == path
     assert (path / "model.safetensors").stat().st_mtime == mtime
 
 
-def test_prepare_minilm_encoder(tmp_path: Path) -> None:
-    from ramo_stream.local_models import prepare
-
-    path = prepare("all-minilm-l6-v2", tmp_path)
+def test_prepare_minilm_encoder(models_dir: Path) -> None:
+    path = models_dir / "all-minilm-l6-v2"
     tok = transformers.AutoTokenizer.from_pretrained(path)
     enc = transformers.AutoModel.from_pretrained(path)
     batch = tok(

@@ -1,0 +1,1 @@
+"""LLM graders: the interface, the prompt template, and the backends."""
