@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ramo")
 
 _SET_PREFIX = "set:"
+# Short spellings of settings used often on the command line.
+_ALIASES = {"labeling.selector": ["--selector"], "labeling.k": ["-k"]}
 
 
 def _settings_parent() -> argparse.ArgumentParser:
@@ -38,9 +40,9 @@ def _settings_parent() -> argparse.ArgumentParser:
     group.add_argument("--config", type=Path, default=None, help="YAML settings file.")
     group.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     for key, type_name, default, description in settings_fields():
-        flag = "--" + key.replace(".", "-").replace("_", "-")
+        flags = ["--" + key.replace(".", "-").replace("_", "-"), *_ALIASES.get(key, [])]
         group.add_argument(
-            flag,
+            *flags,
             dest=_SET_PREFIX + key,
             default=argparse.SUPPRESS,
             metavar=type_name.upper(),
@@ -393,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="Which (default: all).")
     p.add_argument("--force", action="store_true", help="Rebuild even if present.")
     p.set_defaults(fn=cmd_models_prepare)
+
+    from ramo_stream.cli_label import add_commands
+
+    add_commands(sub, parent)
 
     p = add("rules", cmd_rules, "Validate a rule pool and print its size, categories and hash.")
     p.add_argument("--pool", type=Path, help="Pool YAML (default: paths.rule_pool).")

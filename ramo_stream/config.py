@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -98,6 +98,10 @@ class PathSettings(_Section):
     def models_dir(self) -> Path:
         return self.cache_dir / "models"
 
+    @property
+    def adapter_dir(self) -> Path:
+        return self.cache_dir / "adapter"
+
 
 class ModelSettings(_Section):
     grader: str = Field(
@@ -111,6 +115,43 @@ class ModelSettings(_Section):
     reward_backbone: str = Field(
         default="smollm2-135m-instruct",
         description="Backbone of the reward model: a prepared name or any Hugging Face path.",
+    )
+
+
+class GraderSettings(_Section):
+    backend: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="Grader engine: transformers (any CPU/GPU) or vllm (the vLLM engine in"
+        " process).",
+    )
+    dtype: str = Field(
+        default="auto",
+        description="Weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16.",
+    )
+    rule_batch: int = Field(
+        default=64, ge=1, description="Rules graded in one forward pass (transformers)."
+    )
+
+
+class LabelingSettings(_Section):
+    selector: Literal["adapter", "max-discrepancy", "all", "random"] = Field(
+        default="adapter",
+        description="How rules are chosen per pair: adapter (RAMO: the Rule Adapter predicts"
+        " top-k, 2k grader calls), max-discrepancy (grade the whole pool, keep top-k by c_k),"
+        " all (the whole pool), random (k random rules).",
+    )
+    k: int = Field(default=5, ge=1, description="Rules kept per pair.")
+    gamma: float = Field(
+        default=0.5, ge=0, description="Weight of |s(A)-s(B)| in c_k = rho + gamma*|s(A)-s(B)|."
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="Subtract each response's score under a content-free rule (2 more calls).",
+    )
+    tie_epsilon: float = Field(default=1e-6, ge=0, description="Margins at or below are ties.")
+    seed: int = Field(default=0, description="Seed of the random selector.")
+    pair_batch: int = Field(
+        default=4, ge=1, description="Pairs whose grader calls go to the grader together."
     )
 
 
@@ -152,6 +193,8 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    grader: GraderSettings = Field(default_factory=GraderSettings)
+    labeling: LabelingSettings = Field(default_factory=LabelingSettings)
 
     @field_validator("kafka")
     @classmethod
@@ -214,8 +257,11 @@ def settings_fields() -> list[tuple[str, str, Any, str]]:
         assert isinstance(model, type) and issubclass(model, BaseModel)
         for key, sub in model.model_fields.items():
             default = sub.get_default(call_default_factory=True)
-            non_none = [a for a in get_args(sub.annotation) if a is not type(None)]
-            shown = non_none[0] if non_none else sub.annotation
-            type_name = getattr(shown, "__name__", str(shown))
+            if get_origin(sub.annotation) is Literal:
+                type_name = "|".join(str(a) for a in get_args(sub.annotation))
+            else:
+                non_none = [a for a in get_args(sub.annotation) if a is not type(None)]
+                shown = non_none[0] if non_none else sub.annotation
+                type_name = getattr(shown, "__name__", str(shown))
             rows.append((f"{section}.{key}", type_name, default, sub.description or ""))
     return rows

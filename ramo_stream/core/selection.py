@@ -124,3 +124,14 @@ def aggregate(
     if margin <= epsilon:
         return Label("tie", margin, sum_a, sum_b)
     return Label("a" if sum_a > sum_b else "b", margin, sum_a, sum_b)
+
+
+def topk_recall(predicted: Sequence[Sequence[str]], target: Sequence[Sequence[str]]) -> float:
+    """Mean over pairs of |predicted ∩ target| / |target|: how much of the full-pool top-k
+    a cheaper selector recovers."""
+    if len(predicted) != len(target):
+        raise ValueError(f"{len(predicted)} predictions for {len(target)} targets")
+    scored = [(set(p), set(t)) for p, t in zip(predicted, target, strict=True) if t]
+    if not scored:
+        raise ValueError("no non-empty targets to score")
+    return sum(len(p & t) / len(t) for p, t in scored) / len(scored)

@@ -3,10 +3,10 @@
 Layout (rendered with the grader's own chat template):
 
     system: how to grade
-    user:   Conversation ... Response to grade ... Rule:\n<rule text>\nAnswer ...
+    user:   Conversation ... Response to grade ... how to answer ... Rule:\\n<rule text>
     assistant: <answer word>        <- the prompt ends exactly here
 
-Everything up to and including ``Rule:\n`` depends only on (conversation, response), so all
+Everything up to and including ``Rule:\\n`` depends only on (conversation, response), so all
 rules of one response share that token prefix (vLLM prefix caching; one KV cache per
 response in the transformers backend). The rule comes last and the prompt ends where the
 answer word begins, so the next-token distribution is the answer; each answer word must
@@ -60,13 +60,14 @@ _RULE_MARK = "\x00RULE\x00"
 
 
 def _user_message(prompt: str | list[ChatMessage], response: str, words: AnswerWords) -> str:
+    # The instruction precedes the rule so that it, too, is in the shared prefix: each
+    # rule then costs only its own tokens and the chat template's closing tokens.
     return (
         f"Conversation:\n{conversation_text(prompt)}\n\n"
         f"Response to grade:\n{response.strip()}\n\n"
-        f"Rule:\n{_RULE_MARK}\n\n"
-        f"Does the response follow the rule? Answer {words.yes} if it follows the rule, "
+        f"Does the response follow the rule below? Answer {words.yes} if it follows the rule, "
         f"{words.no} if it breaks the rule, or {words.irrelevant} if the rule does not apply "
-        "to this conversation."
+        f"to this conversation.\n\nRule:\n{_RULE_MARK}"
     )
 
 

@@ -47,7 +47,13 @@ class TransformersGrader:
             raise ValueError(
                 f"grader {model!r} has no chat template; use an instruction-tuned model"
             )
-        torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
+        if dtype == "auto":  # bf16 matmuls are slow on most CPUs; on GPUs they are the norm
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise ValueError(
+                f"grader dtype {dtype!r} is not a torch dtype; use float32 or bfloat16"
+            )
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
         self.model.to(self.device).eval()
         # Refuse to run when an answer word is several tokens (checked once, at start-up).

@@ -36,7 +36,7 @@ def test_rule_comes_last_and_prompt_ends_where_the_answer_begins() -> None:
     assert "The response gives safety advice." not in p.prefix  # shared by all rules
     assert full.index("Keep it sealed.") < full.index("The response gives safety advice.")
     for word in ("Yes", "No", "NA"):
-        assert word in p.suffix  # the instruction names the answer words
+        assert word in p.prefix  # the instruction names the answer words
 
 
 def test_same_response_shares_the_prefix_different_response_does_not() -> None:

@@ -1,0 +1,139 @@
+"""Labeling throughput: the labeler vs the reference approach, same model, same pairs, same run.
+
+Reference (as the published RAMO rating code does): one unbatched forward pass per
+(response, rule) over the whole pool, 2|P| passes per pair, the full prompt each time.
+Ours: the Labeler with each selector; the grader shares one prompt-prefix KV cache per
+response and computes only the last position's logits.
+
+    python benchmarks/label_throughput.py [--pairs 3] [--threads 2]
+
+Uses SmolLM2-135M-Instruct from `ramo models prepare` (prepared on first use) and
+../shared/data/hh_harmless_test.jsonl (the package's demo pairs when absent). The adapter
+row uses the trained adapter in paths.cache_dir/adapter when there is one; otherwise an
+untrained head, which costs the same to run (speed only: its picks mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ramo_stream.config import load_settings
+from ramo_stream.core.rules import load_pool
+from ramo_stream.grading.base import normalise
+from ramo_stream.grading.template import render
+from ramo_stream.grading.transformers_backend import TransformersGrader
+from ramo_stream.ingest import iter_lines, parse_line
+from ramo_stream.labeling import Labeler
+from ramo_stream.local_models import prepare
+from ramo_stream.schemas import ResponsePair
+
+RESULTS = Path(__file__).parent / "results"
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl"
+
+
+def load_pairs(n: int) -> tuple[list[ResponsePair], str]:
+    src = (
+        HH
+        if HH.is_file()
+        else Path(str(resources.files("ramo_stream") / "data" / "demo_pairs.jsonl"))
+    )
+    pairs = []
+    for _, raw in iter_lines(src):
+        p = parse_line(raw, "bench")
+        if isinstance(p, ResponsePair):
+            pairs.append(p)
+        if len(pairs) == n:
+            break
+    return pairs, src.name
+
+
+@torch.inference_mode()
+def reference(grader: TransformersGrader, pairs: list[ResponsePair], rules: list[str]) -> float:
+    t0 = time.perf_counter()
+    for pair in pairs:
+        for response in (pair.response_a, pair.response_b):
+            prompt = render(grader.tokenizer, pair.prompt, response)
+            for rule in rules:
+                ids = torch.tensor(
+                    [grader.tokenizer.encode(prompt.full(rule), add_special_tokens=False)]
+                )
+                logits = grader.model(input_ids=ids).logits[0, -1].float()
+                normalise(*logits.log_softmax(-1)[grader.answer_ids].tolist())
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    settings = load_settings()
+    model = prepare("smollm2-135m-instruct", settings.paths.models_dir)
+    pool = load_pool(settings.paths.rule_pool)
+    pairs, source = load_pairs(args.pairs)
+    grader = TransformersGrader(str(model), dtype=settings.grader.dtype)
+    print(
+        f"{len(pairs)} pairs from {source}; pool {pool.name} ({len(pool)} rules); "
+        f"model {model.name}, {grader.model.dtype}, {args.threads} threads",
+        flush=True,
+    )
+
+    from ramo_stream.adapter.model import load_adapter, new_adapter
+
+    try:
+        adapter = load_adapter(settings.paths.adapter_dir, pool)
+        adapter_note = "trained adapter"
+    except (FileNotFoundError, ValueError):
+        encoder = prepare("all-minilm-l6-v2", settings.paths.models_dir)
+        adapter = new_adapter(str(encoder), pool)
+        adapter_note = "untrained head: speed only"
+
+    rows: list[tuple[str, int, float]] = []
+    ref_s = reference(grader, pairs, [r.text for r in pool])
+    rows.append(("reference: unbatched, full pool", 2 * len(pool), len(pairs) / ref_s))
+    print(f"reference: {len(pairs) / ref_s:.3f} pairs/s", flush=True)
+    for selector in ("adapter", "random", "max-discrepancy"):
+        lab_settings = settings.labeling.model_copy(update={"selector": selector})
+        labeler = Labeler(grader, pool, lab_settings, adapter if selector == "adapter" else None)
+        t0 = time.perf_counter()
+        for start in range(0, len(pairs), lab_settings.pair_batch):
+            labeler.label(pairs[start : start + lab_settings.pair_batch])
+        rate = len(pairs) / (time.perf_counter() - t0)
+        name = f"labeler, {selector}" + (f" ({adapter_note})" if selector == "adapter" else "")
+        rows.append((name, labeler.calls_per_pair(), rate))
+        print(f"{name}: {rate:.3f} pairs/s", flush=True)
+
+    base = rows[0][2]
+    lines = [
+        f"# label throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        "command: `python benchmarks/label_throughput.py"
+        f" --pairs {args.pairs} --threads {args.threads}`",
+        f"machine: {platform.machine()}, {args.threads} torch threads, CPU; model"
+        f" SmolLM2-135M-Instruct ({grader.model.dtype}); {len(pairs)} pairs from {source};"
+        f" pool of {len(pool)} rules;"
+        f" k={settings.labeling.k}, calibration {'on' if settings.labeling.calibrate else 'off'}",
+        "",
+        "| approach | grader calls / pair | pairs / s | vs reference |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {n} | {c} | {r:.3f} | {r / base:.1f}x |" for n, c, r in rows]
+    report = "\n".join(lines)
+    print("\n" + report)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "label_throughput.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Rule Adapter: predicts, per pair, the rules worth grading."""

@@ -1,0 +1,115 @@
+"""`ramo label` and `ramo adapter train`: the labeling subcommands (heavy imports inside)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ramo_stream.config import Settings
+
+
+def _labeler(settings: Settings, selector: str | None = None) -> Any:
+    from ramo_stream.core.rules import load_pool
+    from ramo_stream.grading.factory import make_grader
+    from ramo_stream.labeling import Labeler
+
+    labeling = settings.labeling.model_copy(
+        update={"selector": selector or settings.labeling.selector}
+    )
+    pool = load_pool(settings.paths.rule_pool)
+    adapter = None
+    if labeling.selector == "adapter":
+        from ramo_stream.adapter.model import load_adapter
+
+        adapter = load_adapter(settings.paths.adapter_dir, pool)
+    return Labeler(make_grader(settings), pool, labeling, adapter)
+
+
+def _count_lines(path: Path, limit: int | None) -> int:
+    with path.open("rb") as f:
+        n = sum(1 for line in f if line.strip())
+    return n if limit is None else min(n, limit)
+
+
+def _label(src: Path, out: Path, labeler: Any, settings: Settings, limit: int | None) -> Any:
+    from tqdm import tqdm
+
+    from ramo_stream.label_file import label_file
+
+    with tqdm(total=_count_lines(src, limit), desc=f"label {src.name}", unit="pair",
+              file=sys.stderr) as bar:  # fmt: skip
+        return label_file(src, out, labeler, settings.labeling.pair_batch, limit, bar.update)
+
+
+def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.input.is_file():
+        print(f"no such file: {args.input}", file=sys.stderr)
+        return 2
+    labeler = _labeler(settings)
+    print(f"selector {labeler.settings.selector}: {labeler.calls_per_pair()} grader calls per pair"
+          f" ({settings.grader.backend}, {labeler.grader.name})", file=sys.stderr)  # fmt: skip
+    r = _label(args.input, args.output, labeler, settings, args.limit)
+    print(f"labeled {r.labeled}, skipped {r.skipped} already in {args.output}, "
+          f"rejected {r.rejected}; preferred a/b/tie = "
+          f"{r.preferred['a']}/{r.preferred['b']}/{r.preferred['tie']}")  # fmt: skip
+    if r.with_gold:
+        share = r.agree_with_gold / r.with_gold
+        print(f"agreement with metadata.gold on this run's pairs: "
+              f"{r.agree_with_gold}/{r.with_gold} = {share:.3f}")  # fmt: skip
+    for reason in r.reasons:
+        print(f"  rejected {reason}")
+    return 0
+
+
+def cmd_adapter_train(args: argparse.Namespace, settings: Settings) -> int:
+    from ramo_stream.adapter.model import new_adapter
+    from ramo_stream.adapter.train import train_adapter
+    from ramo_stream.core.rules import load_pool
+    from ramo_stream.local_models import resolve
+    from ramo_stream.schemas import LabeledPair
+
+    targets: Path = args.targets or settings.paths.cache_dir / "adapter_targets.jsonl"
+    if args.pairs:
+        # Full-pool grading gives the targets: the top-k rules by c_k for each pair.
+        labeler = _labeler(settings, selector="max-discrepancy")
+        print(f"grading the full pool ({labeler.calls_per_pair()} calls per pair) for targets"
+              f" -> {targets}", file=sys.stderr)  # fmt: skip
+        _label(args.pairs, targets, labeler, settings, args.limit)
+    if not targets.is_file():
+        print(f"no targets at {targets}: pass --pairs FILE to grade some", file=sys.stderr)
+        return 2
+    labeled = [LabeledPair.model_validate_json(line) for line in targets.read_text().splitlines()
+               if line.strip()]  # fmt: skip
+    pool = load_pool(settings.paths.rule_pool)
+    labeled = [lp for lp in labeled if lp.rule_pool_hash == pool.hash]
+    adapter = new_adapter(resolve(settings.models.encoder, settings.paths.models_dir), pool)
+    report = train_adapter(adapter, labeled, settings.labeling.k, epochs=args.epochs,
+                           on_epoch=lambda e, loss: print(f"epoch {e + 1}: loss {loss:.4f}",
+                                                          file=sys.stderr))  # fmt: skip
+    adapter.save(settings.paths.adapter_dir, {"report": report.__dict__})
+    print("\n".join(report.lines()))
+    print(f"saved to {settings.paths.adapter_dir}")
+    return 0
+
+
+def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("label", parents=[parent], help="Label a JSONL file of pairs offline "
+                       "(resumable: pairs already in OUTPUT are skipped).")  # fmt: skip
+    p.add_argument("input", type=Path, help="Pairs: ResponsePair or RewardBench JSONL.")
+    p.add_argument("output", type=Path, help="LabeledPair JSONL, appended to.")
+    p.add_argument("--limit", type=int, help="Label at most this many input lines.")
+    p.set_defaults(fn=cmd_label)
+
+    adapter = sub.add_parser("adapter", help="The Rule Adapter.")
+    asub = adapter.add_subparsers(dest="adapter_command", required=True, metavar="ACTION")
+    p = asub.add_parser("train", parents=[parent], help="Grade the full pool on --pairs to get "
+                        "top-k targets (resumable), then train the adapter on them and report "
+                        "held-out top-k recall.")  # fmt: skip
+    p.add_argument("--pairs", type=Path, help="Pairs to grade for targets (JSONL).")
+    p.add_argument("--limit", type=int, help="Grade at most this many pairs.")
+    p.add_argument("--targets", type=Path, help="Targets file (default: cache_dir/"
+                   "adapter_targets.jsonl).")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=20, help="Training epochs (default 20).")
+    p.set_defaults(fn=cmd_adapter_train)
