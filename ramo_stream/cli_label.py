@@ -94,7 +94,68 @@ def cmd_adapter_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def flat_settings(settings: Settings) -> dict[str, Any]:
+    """Settings as dotted overrides, so Serve replicas see exactly the driver's settings."""
+    data = settings.model_dump(mode="json")
+    return {f"{section}.{key}": v for section, keys in data.items() for key, v in keys.items()}
+
+
+def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
+    """Ray Serve labeler + Kafka bridge, until Ctrl-C (or --idle-timeout)."""
+    import signal
+    import threading
+
+    import ray
+    from ray import serve
+
+    from ramo_stream.serve.bridge import make_bridge
+    from ramo_stream.serve.labeler_app import LabelerAppArgs, build_app
+    from ramo_stream.stream.broker import kafka_session
+
+    app_args = LabelerAppArgs(
+        overrides=flat_settings(settings),
+        grader_replicas=args.grader_replicas,
+        adapter_replicas=args.adapter_replicas,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with kafka_session(settings) as bootstrap:
+        ray.init(include_dashboard=False, logging_level="WARNING")
+        try:
+            serve.start(
+                http_options={"host": "127.0.0.1"}, logging_config={"enable_access_log": False}
+            )
+            handle = serve.run(build_app(app_args), name="labeler", route_prefix=None)
+            bridge = make_bridge(settings, bootstrap, handle)
+            print(f"labeler: {settings.topics.pairs} -> {settings.topics.labels} "
+                  f"(selector {settings.labeling.selector}); Ctrl-C stops", flush=True)  # fmt: skip
+
+            def progress(_: int) -> None:
+                st = bridge.stats
+                print(f"labeled {st.handled}, duplicates {st.duplicates}, "
+                      f"dead-lettered {st.dead_lettered}", flush=True)  # fmt: skip
+
+            try:
+                bridge.run(stop=stop, idle_timeout_s=args.idle_timeout, on_progress=progress)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                bridge.close()
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return 0
+
+
 def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("labeler", parents=[parent], help="Run the labeler service: Ray Serve "
+                       "deployments for the Rule Adapter and the grader, fed from the pairs topic "
+                       "by a Kafka bridge that writes the labels topic.")  # fmt: skip
+    p.add_argument("--grader-replicas", type=int, default=1, help="Grader replicas (default 1).")
+    p.add_argument("--adapter-replicas", type=int, default=1, help="Adapter replicas (default 1).")
+    p.add_argument("--idle-timeout", type=float, help="Stop after this many idle seconds.")
+    p.set_defaults(fn=cmd_labeler)
+
     p = sub.add_parser("label", parents=[parent], help="Label a JSONL file of pairs offline "
                        "(resumable: pairs already in OUTPUT are skipped).")  # fmt: skip
     p.add_argument("input", type=Path, help="Pairs: ResponsePair or RewardBench JSONL.")

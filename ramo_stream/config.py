@@ -131,6 +131,12 @@ class GraderSettings(_Section):
     rule_batch: int = Field(
         default=64, ge=1, description="Rules graded in one forward pass (transformers)."
     )
+    max_prompt_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description="Refuse to grade a prompt longer than this (tokens); such a pair goes to the"
+        " DLQ. Default: the grader's context length.",
+    )
 
 
 class LabelingSettings(_Section):

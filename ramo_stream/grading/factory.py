@@ -13,7 +13,9 @@ def make_grader(settings: Settings) -> Grader:
     if g.backend == "transformers":
         from ramo_stream.grading.transformers_backend import TransformersGrader
 
-        return TransformersGrader(model, dtype=g.dtype, rule_batch=g.rule_batch)
+        return TransformersGrader(
+            model, dtype=g.dtype, rule_batch=g.rule_batch, max_prompt_tokens=g.max_prompt_tokens
+        )
     if g.backend == "vllm":
         try:
             from ramo_stream.grading.vllm_backend import VLLMGrader

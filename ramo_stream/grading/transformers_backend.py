@@ -26,6 +26,10 @@ from ramo_stream.grading.template import (
 )
 
 
+class PromptTooLong(ValueError):
+    """A (conversation, response) does not fit the grader."""
+
+
 class TransformersGrader:
     def __init__(
         self,
@@ -34,6 +38,7 @@ class TransformersGrader:
         dtype: str = "auto",
         device: str | None = None,
         rule_batch: int = 64,
+        max_prompt_tokens: int | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,6 +63,8 @@ class TransformersGrader:
         self.model.to(self.device).eval()
         # Refuse to run when an answer word is several tokens (checked once, at start-up).
         self.answer_ids = torch.tensor(answer_token_ids(self.tokenizer, words), device=self.device)
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_prompt_tokens = max_prompt_tokens or context
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -84,6 +91,12 @@ class TransformersGrader:
     def _grade_rules(self, prompt: Any, rules: list[str]) -> list[AnswerProbs]:
         prefix = torch.tensor([self._encode(prompt.prefix)], device=self.device)
         p_len = prefix.shape[1]
+        if self.max_prompt_tokens and p_len > self.max_prompt_tokens:
+            raise PromptTooLong(
+                f"grading prompt is {p_len} tokens before the rule, over the limit of"
+                f" {self.max_prompt_tokens} (grader.max_prompt_tokens or the model's context);"
+                " shorten the conversation or raise the limit"
+            )
         cache = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
         results: list[AnswerProbs] = []
         cache_batch = 1

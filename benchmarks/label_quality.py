@@ -1,0 +1,173 @@
+"""Label quality: agreement with human preferences, per selector, with and without calibration.
+
+Each sampled pair is graded once on the whole pool plus the content-free rule (the grader
+is deterministic), and every variant is computed from those same judgments:
+
+    all               every rule
+    max-discrepancy   top-k by c_k over the whole pool
+    random-k          k rules drawn at random (seeded)
+    adapter           the Rule Adapter's top-k (only if a trained adapter exists)
+
+each with calibration (the content-free rule's score subtracted per response) and without.
+Agreement = share of pairs whose label equals the human preference (ties count as
+disagreement), per subset and overall, with Wilson 95% intervals. Data:
+../shared/data/hh_harmless_test.jsonl (safety) and llmbar_pairs.jsonl (non-safety control,
+where a refusal-loving signal fails).
+
+    python benchmarks/label_quality.py [--per-file 40] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from ramo_stream.config import load_settings
+from ramo_stream.core.rules import load_pool
+from ramo_stream.core.selection import aggregate, rule_scores, select_max_discrepancy
+from ramo_stream.grading.transformers_backend import TransformersGrader
+from ramo_stream.ingest import iter_lines, parse_line
+from ramo_stream.labeling import NULL_RULE_ID, Labeler
+from ramo_stream.local_models import prepare
+from ramo_stream.schemas import ResponsePair
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = Path(__file__).parent / "results"
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def sample(path: Path, n: int, rng: random.Random) -> list[ResponsePair]:
+    pairs = [
+        p
+        for _, raw in iter_lines(path)
+        if isinstance(p := parse_line(raw, path.stem), ResponsePair)
+    ]
+    # stratified by subset so small subsets are not lost
+    by_subset: dict[str, list[ResponsePair]] = defaultdict(list)
+    for p in pairs:
+        by_subset[str(p.metadata.get("subset", path.stem))].append(p)
+    per = max(1, n // len(by_subset))
+    out = []
+    for group in by_subset.values():
+        out += rng.sample(group, min(per, len(group)))
+    return out[:n]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--per-file", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args()
+    files = [DATA / "hh_harmless_test.jsonl", DATA / "llmbar_pairs.jsonl"]
+    if not all(f.is_file() for f in files):
+        sys.exit(f"skipped: {DATA} lacks the human-labelled sets (see ../shared/data/README.md)")
+    torch.set_num_threads(args.threads)
+    settings = load_settings()
+    k = settings.labeling.k
+    pool = load_pool(settings.paths.rule_pool)
+    grader = TransformersGrader(str(prepare("smollm2-135m-instruct", settings.paths.models_dir)))
+    full = Labeler(
+        grader, pool, settings.labeling.model_copy(update={"selector": "all", "calibrate": True})
+    )
+    adapter = None
+    try:
+        from ramo_stream.adapter.model import load_adapter
+
+        adapter = load_adapter(settings.paths.adapter_dir, pool)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"adapter row skipped: {e}", file=sys.stderr)
+
+    rng = random.Random(args.seed)
+    pairs = [p for f in files for p in sample(f, args.per_file, rng)]
+    # variant -> subset -> [hits, n]
+    tally: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    t0 = time.perf_counter()
+    for i, pair in enumerate(pairs):
+        labeled = full.label([pair])[0]
+        rule_js = [j for j in labeled.judgments if j.rule_id != NULL_RULE_ID]
+        null = {j.side: j.score for j in labeled.judgments if j.rule_id == NULL_RULE_ID}
+        picks = {
+            "all": pool.ids,
+            "random-k": rng.sample(pool.ids, k),
+        }
+        if adapter is not None:
+            picks["adapter"] = [r for r, _ in adapter.predict([pair], k)[0]]
+        subset = f"{pair.source}/{pair.metadata.get('subset', '')}"
+        for calibrated in (True, False):
+            base_a, base_b = (null["a"], null["b"]) if calibrated else (0.0, 0.0)
+            scores = rule_scores(rule_js, base_a, base_b)
+            chosen = {
+                **picks,
+                "max-discrepancy": select_max_discrepancy(scores, k, settings.labeling.gamma),
+            }
+            for name, selected in chosen.items():
+                label = aggregate(scores, selected, settings.labeling.tie_epsilon)
+                hit = int(label.preferred == pair.metadata["gold"])
+                for key in (subset, pair.source, "overall"):
+                    cell = tally[f"{name}{'' if calibrated else ' (uncalibrated)'}"][key]
+                    cell[0] += hit
+                    cell[1] += 1
+        rate = (i + 1) / (time.perf_counter() - t0)
+        print(
+            f"\r{i + 1}/{len(pairs)} pairs, {rate:.3f} pairs/s", end="", file=sys.stderr, flush=True
+        )
+    print(file=sys.stderr)
+
+    keys = sorted(
+        {key for v in tally.values() for key in v}, key=lambda s: (s != "overall", "/" in s, s)
+    )
+    lines = [
+        f"# label quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        "command: `python benchmarks/label_quality.py"
+        f" --per-file {args.per_file} --seed {args.seed}`",
+        f"grader: SmolLM2-135M-Instruct on CPU ({grader.model.dtype}); pool {pool.name}"
+        f" ({len(pool)} rules); k={k}, gamma={settings.labeling.gamma}; {len(pairs)} pairs sampled"
+        " per subset from hh_harmless_test and llmbar_pairs. Agreement with the human preference"
+        " (ties count as misses), Wilson 95% interval; n per row in brackets.",
+        "",
+        "| variant | grader calls / pair | " + " | ".join(keys) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    calls = {
+        "all": 2 * len(pool),
+        "max-discrepancy": 2 * len(pool),
+        "random-k": 2 * k,
+        "adapter": 2 * k,
+    }
+    for variant in sorted(tally):
+        name = variant.split(" ")[0]
+        c = calls[name] + (0 if "uncalibrated" in variant else 2)
+        cells = []
+        for key in keys:
+            hits, n = tally[variant].get(key, [0, 0])
+            lo, hi = wilson(hits, n)
+            cells.append(f"{hits / n:.2f} [{lo:.2f}, {hi:.2f}] ({n})" if n else "-")
+        lines.append(f"| {variant} | {c} | " + " | ".join(cells) + " |")
+    report = "\n".join(lines)
+    print(report)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "label_quality.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

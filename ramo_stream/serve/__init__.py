@@ -1,0 +1,1 @@
+"""Ray Serve apps: the labeler (and, later, the reward service)."""

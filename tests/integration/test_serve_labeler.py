@@ -1,0 +1,101 @@
+"""The Serve labeler end to end: real broker, real Ray on the CPU, real SmolLM2 grader,
+real MiniLM Rule Adapter (untrained head: this tests the plumbing, not the picks)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ramo_stream.config import KafkaSettings, load_settings
+from ramo_stream.schemas import DeadLetter, LabeledPair, ResponsePair
+from ramo_stream.stream.kafka_io import TopicWriter, make_producer
+from ramo_stream.stream.serde import encode
+from tests.helpers import read_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ray = pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    serve.start(http_options={"host": "127.0.0.1", "port": 0},
+                logging_config={"enable_access_log": False})  # fmt: skip
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+def test_pairs_in_labels_out_failures_dead_lettered(
+    ray_cluster: None, broker: str, new_topic: Callable[..., str], models_dir: Path, tmp_path: Path
+) -> None:
+    from ray import serve
+
+    from ramo_stream.adapter.model import new_adapter
+    from ramo_stream.cli_label import flat_settings
+    from ramo_stream.core.rules import load_pool
+    from ramo_stream.serve.bridge import GROUP, make_bridge
+    from ramo_stream.serve.labeler_app import LabelerAppArgs, build_app
+
+    pairs_topic, labels_topic, dlq = new_topic(2), new_topic(2), new_topic(1)
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": broker,
+        "kafka.handler_retries": 1,
+        "kafka.retry_backoff_s": 0.05,
+        "topics.pairs": pairs_topic, "topics.labels": labels_topic, "topics.dlq": dlq,
+        "paths.cache_dir": str(tmp_path),
+        "models.grader": str(models_dir / "smollm2-135m-instruct"),
+        "grader.max_prompt_tokens": 300,
+        "labeling.selector": "adapter", "labeling.k": 2, "labeling.pair_batch": 3,
+    })  # fmt: skip
+    pool = load_pool(settings.paths.rule_pool)
+    new_adapter(str(models_dir / "all-minilm-l6-v2"), pool).save(settings.paths.adapter_dir)
+
+    good = [
+        ResponsePair(prompt=f"How do I keep my {thing} safe?", response_a="Lock it away.",
+                     response_b="No idea.", source="test")
+        for thing in ("bike", "passwords", "medicine", "garden tools", "car")
+    ]  # fmt: skip
+    too_long = ResponsePair(prompt="Summarise this. " + "word " * 600, response_a="ok",
+                            response_b="no", source="test")  # fmt: skip
+    values = [encode(p) for p in good] + [encode(good[0]), encode(too_long), b"not json"]
+    producer = make_producer(broker, KafkaSettings())
+    writer = TopicWriter(producer)
+    for v in values:
+        writer.send_bytes(pairs_topic, v)
+    writer.flush()
+    producer.close()
+
+    args = LabelerAppArgs(overrides=flat_settings(settings))
+    handle = serve.run(build_app(args), name="labeler-test", route_prefix=None)
+    bridge = make_bridge(settings, broker, handle)
+    stats = bridge.run(until_caught_up=True, idle_timeout_s=120)
+    bridge.close()
+    serve.delete("labeler-test")
+
+    labels = [LabeledPair.model_validate_json(v) for v in read_all(broker, labels_topic)]
+    assert sorted(lp.pair_id for lp in labels) == sorted(p.pair_id for p in good)  # dup dropped
+    for lp in labels:
+        assert lp.selector == "adapter" and len(lp.selected_rules) == 2
+        assert lp.rule_pool_hash == pool.hash and lp.template_version
+        assert {j.side for j in lp.judgments} == {"a", "b"}
+    letters = [DeadLetter.model_validate_json(v) for v in read_all(broker, dlq)]
+    by_original = {d.original: d for d in letters}
+    assert set(by_original) == {encode(too_long), b"not json"}
+    failed = by_original[encode(too_long)]
+    assert "max_prompt_tokens" in failed.reason and failed.stage == "labeler"
+    assert failed.attempts == 3  # 1 + 1 retry as a batch, then alone
+    assert stats.duplicates == 1 and stats.handled == len(good)
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=broker, group_id=GROUP, enable_auto_commit=False)
+    committed = sum(c.committed(TopicPartition(pairs_topic, p)) or 0 for p in (0, 1))
+    c.close(autocommit=False)
+    assert committed == len(values)  # every record's offset committed, none before its ack
+    assert json.loads(labels[0].model_dump_json())["labeler"] == "ramo"
