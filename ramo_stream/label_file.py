@@ -31,6 +31,30 @@ def done_ids(out: Path) -> set[str]:
     return ids
 
 
+def drop_torn_tail(out: Path, chunk: int = 1 << 16) -> None:
+    """Cut a last line that a crash left without its newline, so appends start clean.
+
+    Reads backwards from the end in chunks: the output can be large, the tail is short.
+    """
+    if not out.exists() or out.stat().st_size == 0:
+        return
+    with out.open("rb+") as f:
+        end = f.seek(0, 2)
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(pos + newline + 1)
+                return
+        f.truncate(0)
+
+
 @dataclass
 class LabelReport:
     labeled: int = 0
@@ -51,6 +75,7 @@ def label_file(
     on_pairs: Callable[[int], None] | None = None,
 ) -> LabelReport:
     report = LabelReport()
+    drop_torn_tail(out)
     seen = done_ids(out)
     source = source_name(src)
     pending: list[ResponsePair] = []
