@@ -86,6 +86,7 @@ def cmd_adapter_train(args: argparse.Namespace, settings: Settings) -> int:
     labeled = [lp for lp in labeled if lp.rule_pool_hash == pool.hash]
     adapter = new_adapter(resolve(settings.models.encoder, settings.paths.models_dir), pool)
     report = train_adapter(adapter, labeled, settings.labeling.k, epochs=args.epochs,
+                           train_encoder=args.train_encoder,
                            on_epoch=lambda e, loss: print(f"epoch {e + 1}: loss {loss:.4f}",
                                                           file=sys.stderr))  # fmt: skip
     adapter.save(settings.paths.adapter_dir, {"report": report.__dict__})
@@ -173,4 +174,6 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", type=Path, help="Targets file (default: cache_dir/"
                    "adapter_targets.jsonl).")  # fmt: skip
     p.add_argument("--epochs", type=int, default=20, help="Training epochs (default 20).")
+    p.add_argument("--train-encoder", action="store_true", help="Fine-tune the encoder too "
+                   "(default: frozen encoder, head only; better with few pairs).")  # fmt: skip
     p.set_defaults(fn=cmd_adapter_train)

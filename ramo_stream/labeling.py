@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ramo_stream.config import LabelingSettings
-from ramo_stream.core.rules import RulePool
+from ramo_stream.core.rules import RESERVED_IDS, RulePool
 from ramo_stream.core.selection import (
     aggregate,
     rule_scores,
@@ -31,6 +31,7 @@ from ramo_stream.grading.template import NULL_RULE
 from ramo_stream.schemas import LabeledPair, ResponsePair, RuleJudgment
 
 NULL_RULE_ID = "null-rule"
+assert NULL_RULE_ID in RESERVED_IDS  # no pool rule can take this id
 
 
 class RulePredictor(Protocol):

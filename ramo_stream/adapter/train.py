@@ -51,11 +51,21 @@ def train_adapter(
     labeled: Sequence[LabeledPair],
     k: int,
     epochs: int = 20,
-    lr: float = 3e-4,
+    lr: float | None = None,
     batch_size: int = 16,
     seed: int = 0,
+    train_encoder: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> AdapterReport:
+    """Fit the head (and, with ``train_encoder``, the encoder) with BCE on multi-hot targets.
+
+    By default the encoder stays frozen: with the few hundred pairs that full-pool grading
+    affords on a CPU, fine-tuning it collapsed to predicting the most frequent rules in our
+    tests, while a head on frozen sentence embeddings learned the topic-to-rule mapping.
+    Default lr: 2e-3 for the head alone, 3e-4 when the encoder trains too.
+    """
+    lr = lr if lr is not None else (3e-4 if train_encoder else 2e-3)
+    adapter.model.encoder.requires_grad_(train_encoder)
     index = {r: i for i, r in enumerate(adapter.rule_ids)}
     examples = [(lp.pair, lp.selected_rules) for lp in labeled if lp.selected_rules]
     unknown = {r for _, rules in examples for r in rules} - set(index)
@@ -78,7 +88,7 @@ def train_adapter(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = adapter.model.train()
-    optim = torch.optim.AdamW(model.parameters(), lr=lr)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     loss_value = float("nan")
     for epoch in range(epochs):
@@ -92,7 +102,7 @@ def train_adapter(
             optim.zero_grad()
             loss.backward()
             optim.step()
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + loss.item(), batches + 1
         loss_value = total / batches
         if on_epoch:
             on_epoch(epoch, loss_value)

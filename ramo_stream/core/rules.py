@@ -47,6 +47,9 @@ CATEGORIES: tuple[str, ...] = (
 
 RuleKind = Literal["harmless", "helpful"]
 
+# Ids the labeler uses for its own judgments (the calibration rule); a pool may not use them.
+RESERVED_IDS: frozenset[str] = frozenset({"null-rule"})
+
 
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -69,6 +72,9 @@ class RulePool(BaseModel):
         dupes = sorted(i for i, n in Counter(r.id for r in self.rules).items() if n > 1)
         if dupes:
             raise ValueError(f"duplicate rule ids {dupes}: every id must be unique in a pool")
+        reserved = sorted({r.id for r in self.rules} & RESERVED_IDS)
+        if reserved:
+            raise ValueError(f"rule ids {reserved} are reserved for the labeler; rename them")
         unknown = sorted({r.category for r in self.rules} - set(CATEGORIES))
         if unknown:
             raise ValueError(f"unknown categories {unknown}; use one of {', '.join(CATEGORIES)}")

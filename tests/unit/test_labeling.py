@@ -130,7 +130,10 @@ class FakeGrader:
 
     def grade(self, requests: Sequence[GradeRequest]) -> list[AnswerProbs]:
         self.calls.append(list(requests))
-        return [self.table.get((r.response, TEXT_TO_ID[r.rule_text]), DEFAULT) for r in requests]
+        return [
+            self.table.get((r.response, TEXT_TO_ID.get(r.rule_text, r.rule_text)), DEFAULT)
+            for r in requests
+        ]
 
     @property
     def requests(self) -> list[GradeRequest]:
@@ -430,3 +433,19 @@ def test_wrong_number_of_answers_raises(grader_cls: type[FakeGrader]) -> None:
     lab = labeler(grader_cls(), selector="all")
     with pytest.raises(RuntimeError, match=r"grader returned \d+ answers for 28 calls"):
         lab.label([PAIR1, PAIR2])
+
+
+def test_a_rule_named_like_the_null_rule_is_refused() -> None:
+    from pydantic import ValidationError
+
+    rules = [
+        {
+            "id": NULL_RULE_ID,
+            "category": "tone",
+            "kind": "helpful",
+            "text": "The response is polite and calm.",
+        },
+        POOL.rules[0].model_dump(),
+    ]
+    with pytest.raises(ValidationError, match="reserved for the labeler"):
+        RulePool.model_validate({"name": "clash", "rules": rules})
