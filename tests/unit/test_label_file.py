@@ -260,3 +260,23 @@ def test_done_ids_of_missing_or_junk_output(tmp_path: Path) -> None:
         "\n".join(["[1, 2]", '{"pair": {}}', "not json", "", good.model_dump_json(), '{"pa'])
     )
     assert done_ids(junk) == {"kept-1"}
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 16])
+def test_drop_torn_tail_across_chunk_boundaries(tmp_path: Path, chunk: int) -> None:
+    from ramo_stream.label_file import drop_torn_tail
+
+    out = tmp_path / "out.jsonl"
+    cases = {
+        b"": b"",  # empty: untouched
+        b'{"a": 1}\n{"b": 2}\n': b'{"a": 1}\n{"b": 2}\n',  # whole: untouched
+        b'{"a": 1}\n{"b": 2}\n{"c": 3, "torn': b'{"a": 1}\n{"b": 2}\n',
+        b'{"a": 1}\n{"b": 2}\nX': b'{"a": 1}\n{"b": 2}\n',
+        b'{"only": "a torn line with no newline at all"': b"",
+    }
+    for before, after in cases.items():
+        out.write_bytes(before)
+        drop_torn_tail(out, chunk=chunk)
+        assert out.read_bytes() == after, before
+    drop_torn_tail(tmp_path / "absent.jsonl", chunk=chunk)  # no error, nothing created
+    assert not (tmp_path / "absent.jsonl").exists()
