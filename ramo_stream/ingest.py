@@ -90,11 +90,34 @@ def source_name(path: Path) -> str:
     return cleaned.lstrip("._-")[:MAX_ID_CHARS] or "file"
 
 
+def parse_file(
+    path: Path, source: str, limit: int | None = None
+) -> Iterator[tuple[int, bytes, ResponsePair | Rejection]]:
+    """(line number, raw bytes, parsed pair or rejection) for the first ``limit`` lines."""
+    for i, (no, raw) in enumerate(iter_lines(path)):
+        if limit is not None and i >= limit:
+            return
+        yield no, raw, parse_line(raw, source)
+
+
 @dataclass
-class IngestReport:
-    accepted: int = 0
+class LineReport:
+    """Counts of a pass over a file; keeps the first few rejection reasons for the summary."""
+
     rejected: int = 0
-    reasons: list[str] = field(default_factory=list)  # the first few, for the summary
+    reasons: list[str] = field(default_factory=list)
+
+    def reject(self, no: int, reason: str) -> str:
+        text = f"line {no}: {reason}"
+        self.rejected += 1
+        if len(self.reasons) < 5:
+            self.reasons.append(text)
+        return text
+
+
+@dataclass
+class IngestReport(LineReport):
+    accepted: int = 0
 
 
 def ingest_file(
@@ -113,16 +136,10 @@ def ingest_file(
     """
     source = source or source_name(path)
     report = IngestReport()
-    for i, (no, raw) in enumerate(iter_lines(path)):
-        if limit is not None and i >= limit:
-            break
-        out = parse_line(raw, source)
+    for i, (no, raw, out) in enumerate(parse_file(path, source, limit)):
         if isinstance(out, Rejection):
-            report.rejected += 1
-            if len(report.reasons) < 5:
-                report.reasons.append(f"line {no}: {out.reason}")
-            letter = DeadLetter.of(raw, f"line {no}: {out.reason}", "ingest", source_topic=None)
-            writer.send(dlq_topic, letter)
+            reason = report.reject(no, out.reason)
+            writer.send(dlq_topic, DeadLetter.of(raw, reason, "ingest"))
         else:
             report.accepted += 1
             writer.send(pairs_topic, out, key=out.pair_id)

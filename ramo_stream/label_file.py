@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ramo_stream.ingest import iter_lines, parse_line, source_name
+from ramo_stream.ingest import LineReport, iter_lines, parse_file, source_name
 from ramo_stream.labeling import Labeler
 from ramo_stream.schemas import ResponsePair
 from ramo_stream.stream.serde import Rejection
@@ -56,11 +56,9 @@ def drop_torn_tail(out: Path, chunk: int = 1 << 16) -> None:
 
 
 @dataclass
-class LabelReport:
+class LabelReport(LineReport):
     labeled: int = 0
     skipped: int = 0
-    rejected: int = 0
-    reasons: list[str] = field(default_factory=list)
     preferred: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0, "tie": 0})
     agree_with_gold: int = 0
     with_gold: int = 0
@@ -96,14 +94,9 @@ def label_file(
                 on_pairs(len(pending))
             pending.clear()
 
-        for i, (no, raw) in enumerate(iter_lines(src)):
-            if limit is not None and i >= limit:
-                break
-            parsed = parse_line(raw, source)
+        for no, _, parsed in parse_file(src, source, limit):
             if isinstance(parsed, Rejection):
-                report.rejected += 1
-                if len(report.reasons) < 5:
-                    report.reasons.append(f"line {no}: {parsed.reason}")
+                report.reject(no, parsed.reason)
                 continue
             if parsed.pair_id in seen:
                 report.skipped += 1
