@@ -107,11 +107,10 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 def _ingest(path: Path, settings: Settings, bootstrap: str, **kw: Any) -> Any:
     from tqdm import tqdm
 
-    from ramo_stream.ingest import ingest_file
+    from ramo_stream.ingest import count_lines, ingest_file
     from ramo_stream.stream.kafka_io import TopicWriter, make_producer
 
-    with path.open("rb") as f:
-        total = sum(1 for line in f if line.strip())
+    total = count_lines(path, kw.get("limit"))
     producer = make_producer(bootstrap, settings.kafka)
     try:
         with tqdm(total=total, desc=f"ingest {path.name}", unit="pair", file=sys.stderr) as bar:

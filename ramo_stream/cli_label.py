@@ -27,18 +27,13 @@ def _labeler(settings: Settings, selector: str | None = None) -> Any:
     return Labeler(make_grader(settings), pool, labeling, adapter)
 
 
-def _count_lines(path: Path, limit: int | None) -> int:
-    with path.open("rb") as f:
-        n = sum(1 for line in f if line.strip())
-    return n if limit is None else min(n, limit)
-
-
 def _label(src: Path, out: Path, labeler: Any, settings: Settings, limit: int | None) -> Any:
     from tqdm import tqdm
 
+    from ramo_stream.ingest import count_lines
     from ramo_stream.label_file import label_file
 
-    with tqdm(total=_count_lines(src, limit), desc=f"label {src.name}", unit="pair",
+    with tqdm(total=count_lines(src, limit), desc=f"label {src.name}", unit="pair",
               file=sys.stderr) as bar:  # fmt: skip
         return label_file(src, out, labeler, settings.labeling.pair_batch, limit, bar.update)
 

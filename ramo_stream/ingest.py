@@ -83,6 +83,13 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield no, line
 
 
+def count_lines(path: Path, limit: int | None = None) -> int:
+    """Non-blank lines of a file (capped at ``limit``): the total for a progress bar."""
+    with path.open("rb") as f:
+        n = sum(1 for line in f if line.strip())
+    return n if limit is None else min(n, limit)
+
+
 def source_name(path: Path) -> str:
     """A valid source identifier from a file name."""
     # ASCII only and bounded, as the Identifier pattern of ResponsePair.source requires.

@@ -10,6 +10,10 @@ from typing import Protocol
 from ramo_stream.schemas import ChatMessage
 
 
+class PromptTooLong(ValueError):
+    """A (conversation, response) does not fit the grader; every backend raises this."""
+
+
 @dataclass(frozen=True)
 class GradeRequest:
     """Grade ``response`` (to ``prompt``) against one rule."""

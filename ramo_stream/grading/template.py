@@ -104,6 +104,18 @@ class AnswerWordError(ValueError):
     """An answer word is not one token for the grader's tokenizer."""
 
 
+def check_grader_tokenizer(
+    tokenizer: Any, model: str, words: AnswerWords = DEFAULT_WORDS
+) -> list[int]:
+    """Start-up checks every backend runs: a chat template, and one-token answer words.
+
+    Returns the answer words' token ids.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(f"grader {model!r} has no chat template; use an instruction-tuned model")
+    return answer_token_ids(tokenizer, words)
+
+
 def answer_token_ids(tokenizer: ChatTokenizer, words: AnswerWords = DEFAULT_WORDS) -> list[int]:
     """The single token id of each answer word, as it appears right after the prompt."""
     ids = []

@@ -16,18 +16,14 @@ from typing import Any
 
 import torch
 
-from ramo_stream.grading.base import AnswerProbs, GradeRequest, normalise
+from ramo_stream.grading.base import AnswerProbs, GradeRequest, PromptTooLong, normalise
 from ramo_stream.grading.template import (
     DEFAULT_WORDS,
     TEMPLATE_VERSION,
     AnswerWords,
-    answer_token_ids,
+    check_grader_tokenizer,
     render,
 )
-
-
-class PromptTooLong(ValueError):
-    """A (conversation, response) does not fit the grader."""
 
 
 class TransformersGrader:
@@ -48,10 +44,8 @@ class TransformersGrader:
         self.rule_batch = rule_batch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        if self.tokenizer.chat_template is None:
-            raise ValueError(
-                f"grader {model!r} has no chat template; use an instruction-tuned model"
-            )
+        # Refuse to run without a chat template or with a multi-token answer word.
+        answer_ids = check_grader_tokenizer(self.tokenizer, model, words)
         if dtype == "auto":  # bf16 matmuls are slow on most CPUs; on GPUs they are the norm
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         torch_dtype = getattr(torch, dtype, None)
@@ -61,8 +55,7 @@ class TransformersGrader:
             )
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
         self.model.to(self.device).eval()
-        # Refuse to run when an answer word is several tokens (checked once, at start-up).
-        self.answer_ids = torch.tensor(answer_token_ids(self.tokenizer, words), device=self.device)
+        self.answer_ids = torch.tensor(answer_ids, device=self.device)
         context = getattr(self.model.config, "max_position_embeddings", None)
         self.max_prompt_tokens = max_prompt_tokens or context
         self.pad_id = self.tokenizer.pad_token_id

@@ -23,12 +23,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ramo_stream.grading.base import AnswerProbs, GradeRequest, normalise
+from ramo_stream.grading.base import AnswerProbs, GradeRequest, PromptTooLong, normalise
 from ramo_stream.grading.template import (
     DEFAULT_WORDS,
     TEMPLATE_VERSION,
     AnswerWords,
-    answer_token_ids,
+    check_grader_tokenizer,
     render,
 )
 
@@ -59,12 +59,7 @@ class VLLMGrader:
         # The same tokenizer files vLLM loads, read first so that a bad model or answer word
         # fails in a second, not after the engine's minutes-long start-up (compilation).
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        if self.tokenizer.chat_template is None:
-            raise ValueError(
-                f"grader {model!r} has no chat template; use an instruction-tuned model"
-            )
-        # Refuse to run when an answer word is several tokens (checked once, at start-up).
-        self.answer_ids = answer_token_ids(self.tokenizer, words)
+        self.answer_ids = check_grader_tokenizer(self.tokenizer, model, words)
         # An explicit KV cache size: vLLM's default reserves a fraction of all memory (on CPU
         # 92% of RAM, which fails on a shared machine). 1 GiB holds ~46k tokens of a 135M
         # model, several full-context prompts at once.
@@ -84,10 +79,6 @@ class VLLMGrader:
         prompt = render(self.tokenizer, request.prompt, request.response, self.words)
         ids = list(self.tokenizer.encode(prompt.full(request.rule_text), add_special_tokens=False))
         if len(ids) + 1 > self.max_model_len:
-            # The same error as the transformers backend raises; imported here because that
-            # module imports torch at the top.
-            from ramo_stream.grading.transformers_backend import PromptTooLong
-
             raise PromptTooLong(
                 f"grading prompt is {len(ids)} tokens, over the limit of"
                 f" {self.max_model_len - 1} (grader.max_prompt_tokens or the model's context);"

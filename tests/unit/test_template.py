@@ -71,3 +71,14 @@ def test_normalise_is_a_softmax_over_three() -> None:
 
 def test_template_has_a_version() -> None:
     assert TEMPLATE_VERSION.startswith("ramo-grade-v")
+
+
+def test_grader_without_chat_template_is_refused() -> None:
+    from ramo_stream.grading.template import check_grader_tokenizer
+
+    tok = ChatMLTokenizer()
+    tok.chat_template = "{{ chatml }}"  # type: ignore[attr-defined]
+    assert len(check_grader_tokenizer(tok, "some/model")) == 3
+    tok.chat_template = None  # type: ignore[attr-defined]  # a base model's tokenizer
+    with pytest.raises(ValueError, match="'some/model' has no chat template"):
+        check_grader_tokenizer(tok, "some/model")
