@@ -21,4 +21,18 @@ def make_grader(settings: Settings) -> Grader:
         from ramo_stream.grading.vllm_backend import VLLMGrader
 
         return VLLMGrader(model, dtype=g.dtype, max_prompt_tokens=g.max_prompt_tokens)
+    if g.backend == "openai":
+        from ramo_stream.grading.openai_backend import OpenAIGrader
+
+        # The tokenizer is loaded from `model` here; the server runs the model itself.
+        return OpenAIGrader(
+            model,
+            served_model=g.openai_model or settings.models.grader,
+            base_url=g.openai_base_url,
+            api_key=g.openai_api_key,
+            timeout_s=g.openai_timeout_s,
+            retries=g.openai_retries,
+            batch=g.openai_batch,
+            max_prompt_tokens=g.max_prompt_tokens,
+        )
     raise ValueError(f"unknown grader.backend {g.backend!r}")
