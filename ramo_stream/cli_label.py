@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ramo_stream.config import Settings
+from ramo_stream.config import Settings, flat_settings
 
 
 def _labeler(settings: Settings, selector: str | None = None) -> Any:
@@ -88,12 +88,6 @@ def cmd_adapter_train(args: argparse.Namespace, settings: Settings) -> int:
     print("\n".join(report.lines()))
     print(f"saved to {settings.paths.adapter_dir}")
     return 0
-
-
-def flat_settings(settings: Settings) -> dict[str, Any]:
-    """Settings as dotted overrides, so Serve replicas see exactly the driver's settings."""
-    data = settings.model_dump(mode="json")
-    return {f"{section}.{key}": v for section, keys in data.items() for key, v in keys.items()}
 
 
 def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -102,6 +109,10 @@ class PathSettings(_Section):
     def adapter_dir(self) -> Path:
         return self.cache_dir / "adapter"
 
+    @property
+    def registry_dir(self) -> Path:
+        return self.cache_dir / "registry"
+
 
 class ModelSettings(_Section):
     grader: str = Field(
@@ -119,10 +130,11 @@ class ModelSettings(_Section):
 
 
 class GraderSettings(_Section):
-    backend: Literal["transformers", "vllm"] = Field(
+    backend: Literal["transformers", "vllm", "openai"] = Field(
         default="transformers",
-        description="Grader engine: transformers (any CPU/GPU) or vllm (the vLLM engine in"
-        " process).",
+        description="Grader engine: transformers (any CPU/GPU), vllm (the vLLM engine in"
+        " process) or openai (a client of an OpenAI-compatible completions server, e.g."
+        " `vllm serve`).",
     )
     dtype: str = Field(
         default="auto",
@@ -137,6 +149,36 @@ class GraderSettings(_Section):
         ge=16,
         description="Refuse to grade a prompt longer than this (tokens); such a pair goes to the"
         " DLQ. Default: the grader's context length.",
+    )
+    openai_base_url: str = Field(
+        default="http://127.0.0.1:8000/v1",
+        description="openai backend: base URL of the server; requests go to <url>/completions.",
+    )
+    openai_model: str | None = Field(
+        default=None,
+        description="openai backend: the model name the server serves (vllm serve"
+        " --served-model-name). Default: models.grader. Its tokenizer must be the local"
+        " models.grader's.",
+    )
+    openai_api_key: str | None = Field(
+        default=None,
+        description="openai backend: bearer token, if the server wants one. Prefer the variable"
+        " RAMO_GRADER__OPENAI_API_KEY to a flag or file.",
+    )
+    openai_timeout_s: float = Field(
+        default=30.0, gt=0, description="openai backend: timeout of one HTTP request (seconds)."
+    )
+    openai_retries: int = Field(
+        default=3,
+        ge=0,
+        description="openai backend: retries of a request that fails to connect, times out or"
+        " gets 429/5xx; the backoff starts at 0.5 s and doubles.",
+    )
+    openai_batch: int = Field(
+        default=64,
+        ge=1,
+        description="openai backend: prompts per HTTP request (each grading request sends one"
+        " prompt per answer word, so 3).",
     )
 
 
@@ -160,6 +202,81 @@ class LabelingSettings(_Section):
     pair_batch: int = Field(
         default=4, ge=1, description="Pairs whose grader calls go to the grader together."
     )
+
+
+class TrainSettings(_Section):
+    registry: str | None = Field(
+        default=None,
+        description="Where versions are published: a local folder or a storage URI that Ray"
+        " Train accepts (s3://, gs://, ...). Default: cache_dir/registry.",
+    )
+    workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel).")
+    use_gpu: bool | None = Field(
+        default=None, description="One GPU per worker. Default: when Ray sees a GPU."
+    )
+    group: str = Field(
+        default="ramo-trainer",
+        description="Consumer group of the trainer on the labels topic (offsets it commits after"
+        " each publish; the source of truth for resuming is the version's manifest).",
+    )
+    lr: float = Field(default=1e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    batch_pairs: int = Field(default=16, ge=1, description="Pairs per micro-batch per worker.")
+    batch_tokens: int = Field(
+        default=16384,
+        ge=2,
+        description="Token bound of a micro-batch (2 sequences per pair, padded length).",
+    )
+    max_length: int = Field(
+        default=512, ge=8, description="Tokens kept per (conversation, response), from the end."
+    )
+    flush_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Train a partial micro-batch once its oldest pair waited this long.",
+    )
+    use_margin: bool = Field(default=False, description="Use the label's margin in the BT loss.")
+    centering: float = Field(
+        default=0.0, ge=0, description="Reward centring coefficient c in c*(r_c + r_r)^2."
+    )
+    replay_ratio: float = Field(
+        default=0.0,
+        ge=0,
+        description="Replayed recent pairs per new pair in each micro-batch (0: no replay).",
+    )
+    replay_size: int = Field(default=1024, ge=1, description="Recent pairs kept for replay.")
+    publish_every_steps: int = Field(default=50, ge=1, description="Publish every M steps.")
+    publish_every_s: float = Field(
+        default=60.0, gt=0, description="...or every T seconds, if anything was trained."
+    )
+    keep_versions: int = Field(default=5, ge=1, description="Versions kept in the registry.")
+    heldout_every: int = Field(
+        default=20,
+        ge=2,
+        description="One labeled pair in this many (by a hash of pair_id) is held out for"
+        " evaluation instead of trained on.",
+    )
+    heldout_max: int = Field(default=512, ge=1, description="Held-out pairs kept per worker.")
+    idle_stop_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop (publishing a final version) after no label arrived for this long."
+        " Default: run until stopped.",
+    )
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")
+    max_failures: int = Field(
+        default=3, ge=0, description="Worker-group restarts Ray Train makes after a crash."
+    )
+    seed: int = Field(default=0, description="Seed of initialisation and replay sampling.")
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> TrainSettings:
+        if self.batch_tokens < 2 * self.max_length:
+            raise ValueError(
+                f"batch_tokens={self.batch_tokens} cannot hold one pair of max_length="
+                f"{self.max_length} (needs >= {2 * self.max_length}); raise batch_tokens"
+            )
+        return self
 
 
 _YAML_FILE: ContextVar[Path | None] = ContextVar("ramo_yaml_file", default=None)
@@ -202,6 +319,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     grader: GraderSettings = Field(default_factory=GraderSettings)
     labeling: LabelingSettings = Field(default_factory=LabelingSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
     @field_validator("kafka")
     @classmethod
@@ -272,3 +390,9 @@ def settings_fields() -> list[tuple[str, str, Any, str]]:
                 type_name = getattr(shown, "__name__", str(shown))
             rows.append((f"{section}.{key}", type_name, default, sub.description or ""))
     return rows
+
+
+def flat_settings(settings: Settings) -> dict[str, Any]:
+    """Settings as dotted overrides: how a driver hands its exact settings to Ray workers."""
+    data = settings.model_dump(mode="json")
+    return {f"{section}.{key}": v for section, keys in data.items() for key, v in keys.items()}

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from ramo_stream.schemas import (
     MAX_ID_CHARS,
     DeadLetter,
+    LabeledPair,
     ResponsePair,
     describe_validation_error,
 )
@@ -73,6 +74,18 @@ def parse_line(raw: bytes, source: str) -> ResponsePair | Rejection:
         return ResponsePair.model_validate(row)
     except ValidationError as e:
         return Rejection(f"invalid ResponsePair: {describe_validation_error(e)}", raw)
+
+
+def human_label(pair: ResponsePair, raw: bytes) -> LabeledPair | Rejection:
+    """The human preference a RewardBench row carries (``metadata.gold``), as a label."""
+    gold = pair.metadata.get("gold")
+    if gold not in ("a", "b"):
+        return Rejection(
+            "a label needs a human preference: RewardBench rows (prompt/chosen/rejected)"
+            " carry one, ResponsePair lines do not",
+            raw,
+        )
+    return LabeledPair(pair=pair, preferred=gold, margin=0.0, labeler="human")
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -136,14 +149,19 @@ def ingest_file(
     limit: int | None = None,
     on_line: Callable[[], None] | None = None,
     flush_every: int = 1000,
+    as_labels: bool = False,
 ) -> IngestReport:
     """Produce every valid line to ``pairs_topic`` and every bad one to ``dlq_topic``.
 
+    With ``as_labels``, ``pairs_topic`` is the labels topic and each pair goes there as a
+    human label (its ``metadata.gold``); a line without a human preference is rejected.
     Returns once every send is acknowledged (acks=all).
     """
     source = source or source_name(path)
     report = IngestReport()
     for i, (no, raw, out) in enumerate(parse_file(path, source, limit)):
+        if as_labels and not isinstance(out, Rejection):
+            out = human_label(out, raw)
         if isinstance(out, Rejection):
             reason = report.reject(no, out.reason)
             writer.send(dlq_topic, DeadLetter.of(raw, reason, "ingest"))

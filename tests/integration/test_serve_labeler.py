@@ -37,7 +37,7 @@ def test_pairs_in_labels_out_failures_dead_lettered(
     from ray import serve
 
     from ramo_stream.adapter.model import new_adapter
-    from ramo_stream.cli_label import flat_settings
+    from ramo_stream.config import flat_settings
     from ramo_stream.core.rules import load_pool
     from ramo_stream.serve.bridge import GROUP, make_bridge
     from ramo_stream.serve.labeler_app import LabelerAppArgs, build_app

@@ -1,0 +1,74 @@
+"""`ramo train` and `ramo models list`: the training subcommands (heavy imports inside)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ramo_stream.config import Settings
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from ramo_stream.train.driver import run_trainer
+
+    if args.from_file is not None:
+        if not args.from_file.is_file():
+            print(f"no such file: {args.from_file}", file=sys.stderr)
+            return 2
+        manifest = run_trainer(settings, None, from_file=args.from_file)
+    else:
+        from ramo_stream.stream.broker import kafka_session
+
+        with kafka_session(settings) as bootstrap:
+            manifest = run_trainer(settings, bootstrap)
+    if manifest is None:
+        print("no version published (no labeled pair was trained on)")
+    else:
+        print(f"current version: v{manifest.version} ({manifest.samples_seen} pairs, "
+              f"{manifest.steps} steps)")  # fmt: skip
+    return 0
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
+    from ramo_stream.reward.registry import Registry
+    from ramo_stream.train.driver import registry_root
+
+    root = registry_root(settings)
+    registry = Registry(root, keep=settings.train.keep_versions)
+    versions = registry.versions()
+    if not versions:
+        print(f"no versions in {root} yet: `ramo train` publishes them")
+        return 0
+    current = registry.current()
+    print(f"registry {root}")
+    print(f"{'':2}{'version':>8} {'parent':>7} {'steps':>7} {'pairs':>8} {'held-out acc':>13} "
+          f"{'n':>5} {'loss':>7}  created (UTC)")  # fmt: skip
+    for m in versions:
+        mark = "* " if current and m.version == current.version else "  "
+        print(f"{mark}{m.version:>8} {m.parent_version or '-':>7} {m.steps:>7} "
+              f"{m.samples_seen:>8} {_fmt(m.heldout_accuracy):>13} {m.heldout_size:>5} "
+              f"{_fmt(m.metrics.get('loss_ema'), '.4f'):>7}  "
+              f"{m.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
+    print("* current (what the reward service serves)")
+    return 0
+
+
+def add_commands(sub: Any, models_sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("train", parents=[parent], help="Train the reward model continuously "
+                       "on Ray Train from the labels topic, publishing versions to the registry "
+                       "every train.publish_every_steps steps or train.publish_every_s seconds; "
+                       "resumes from the current version. Ctrl-C publishes and stops.")  # fmt: skip
+    p.add_argument("--from-file", type=Path, help="Train on a JSONL file instead of the "
+                   "topic (LabeledPair lines or RewardBench rows), same code path; stops at "
+                   "its end.")  # fmt: skip
+    p.set_defaults(fn=cmd_train)
+
+    p = models_sub.add_parser("list", parents=[parent], help="Reward-model versions in the "
+                              "registry with their manifest figures.")  # fmt: skip
+    p.set_defaults(fn=cmd_models_list)

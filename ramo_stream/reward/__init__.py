@@ -1,0 +1,1 @@
+"""Reward model, its input format, and the versioned registry."""

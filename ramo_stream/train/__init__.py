@@ -1,0 +1,1 @@
+"""The continuous reward-model trainer on Ray Train."""

@@ -1,0 +1,98 @@
+"""Starts the continuous trainer on Ray Train and stops it cleanly.
+
+``run_trainer`` builds a ``TorchTrainer`` whose workers run ``loop.train_worker``. A stop
+(Ctrl-C or SIGTERM to the driver) does not kill the workers: it sets a flag in a small
+actor that rank 0 polls, and the workers drain their queues, publish a final version and
+return. A second Ctrl-C aborts at once; what the last version recorded is still safe.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from ramo_stream.config import Settings, flat_settings
+
+
+def _stop_flag_class() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class StopFlag:
+        def __init__(self) -> None:
+            self.stopped = False
+
+        def set(self) -> None:
+            self.stopped = True
+
+        def is_set(self) -> bool:
+            return self.stopped
+
+    return StopFlag
+
+
+def registry_root(settings: Settings) -> str:
+    return settings.train.registry or str(settings.paths.registry_dir)
+
+
+def run_trainer(settings: Settings, bootstrap: str | None, from_file: Path | None = None) -> Any:
+    """Train until stopped (or idle / max_steps / end of file); return the last manifest."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ramo_stream.local_models import resolve
+    from ramo_stream.reward.registry import Registry
+    from ramo_stream.train.loop import train_worker
+
+    t = settings.train
+    if from_file is None and bootstrap is None:
+        raise ValueError("the trainer needs a Kafka bootstrap address or --from-file")
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="WARNING")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = t.use_gpu if t.use_gpu is not None else gpus >= t.workers
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_worker = {"CPU": max(1, int(cpus) // t.workers)}  # torch uses that many threads
+    stop = _stop_flag_class().remote()
+    config = {
+        "settings": flat_settings(settings),
+        "registry": registry_root(settings),
+        "backbone": resolve(settings.models.reward_backbone, settings.paths.models_dir),
+        "bootstrap": bootstrap,
+        "from_file": str(from_file.resolve()) if from_file else None,
+        "stop": stop,
+    }
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name=f"ramo-train-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(settings.paths.cache_dir / "ray_train"),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+        ),
+    )
+    source = from_file or f"{settings.topics.labels} via {bootstrap}"
+    print(f"trainer: {t.workers} worker(s), {'GPU' if use_gpu else 'CPU'}, reading {source}, "
+          f"publishing to {config['registry']}; Ctrl-C publishes a final version and stops",
+          flush=True)  # fmt: skip
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        print("stopping: draining and publishing a final version (Ctrl-C again aborts)",
+              flush=True)  # fmt: skip
+        stop.set.remote()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    old_int = signal.signal(signal.SIGINT, request_stop)
+    old_term = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    return Registry(config["registry"]).current()
