@@ -33,7 +33,9 @@ class PairLoss:
 
 
 def _softplus(z: Tensor) -> Tensor:
-    return z.clamp(min=0) + (-z.abs()).exp().log1p()
+    # (z + |z|) / 2 is max(z, 0) with the right gradient at 0 (1/2, as sigmoid(0) is;
+    # clamp's would be 1).
+    return (z + z.abs()) / 2 + (-z.abs()).exp().log1p()
 
 
 def bradley_terry_loss(
@@ -47,6 +49,11 @@ def bradley_terry_loss(
         raise ValueError(
             f"rewards must be 1-D and of equal length, got {tuple(r_chosen.shape)} and"
             f" {tuple(r_rejected.shape)}"
+        )
+    if margin is not None and margin.shape != r_chosen.shape:
+        raise ValueError(
+            f"margin must have the rewards' shape {tuple(r_chosen.shape)},"
+            f" got {tuple(margin.shape)}"
         )
     if centering < 0:
         raise ValueError(f"centering must be >= 0, got {centering}")

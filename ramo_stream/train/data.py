@@ -40,7 +40,7 @@ def parse_label(raw: bytes) -> LabeledPair | Rejection:
         row = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return Rejection(f"not a JSON line: {e}", raw)
-    if isinstance(row, dict) and "chosen" in row:
+    if isinstance(row, dict) and ("chosen" in row or "rejected" in row):
         from ramo_stream.ingest import human_label, parse_line
 
         pair = parse_line(raw, "file")
@@ -68,6 +68,8 @@ def to_train_pair(label: LabeledPair) -> TrainPair | None:
 
 def is_heldout(pair_id: str, every: int) -> bool:
     """Deterministic 1-in-``every`` split by a hash of the pair id."""
+    if every < 1:
+        raise ValueError(f"heldout every must be >= 1, got {every}")
     digest = hashlib.sha256(pair_id.encode()).digest()
     return int.from_bytes(digest[:8], "big") % every == 0
 

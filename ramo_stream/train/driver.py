@@ -51,7 +51,9 @@ def run_trainer(settings: Settings, bootstrap: str | None, from_file: Path | Non
     if from_file is None and bootstrap is None:
         raise ValueError("the trainer needs a Kafka bootstrap address or --from-file")
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        # Ray Train's placement-group cleaner asks the state API, which the dashboard
+        # serves: without it, it logs a warning every few seconds. Loopback only.
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = t.use_gpu if t.use_gpu is not None else gpus >= t.workers
     cpus = ray.cluster_resources().get("CPU", 1)

@@ -19,6 +19,7 @@ data-parallel steps stay in lockstep however unevenly labels arrive:
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
@@ -101,6 +102,7 @@ class Worker:
         from ramo_stream.config import load_settings
         from ramo_stream.reward.registry import Registry
 
+        logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per connection
         self.settings: Settings = load_settings(overrides=config["settings"])
         self.t = self.settings.train
         ctx = ray.train.get_context()
@@ -241,7 +243,7 @@ class Worker:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if items:
-            self.c.update(float(pl.loss), pl.accuracy)
+            self.c.update(float(pl.loss.detach()), pl.accuracy)
         self.replay.extend(batch)
         self.c.last_step_at = time.monotonic()
 
@@ -344,8 +346,9 @@ class Worker:
             ctrl = self.coll.sum([float(stop_req), float(publish_due), float(idle)])
             stopping = ctrl[0] > 0 or ctrl[2] == self.world
             draining = stopping or ctrl[1] > 0
-            if not draining:
-                records = self.source.poll(0.2, t.batch_pairs * 4)
+            room = 2 * t.batch_pairs - len(self.batcher)  # bounded queue: fresh pairs
+            if not draining and room > 0:
+                records = self.source.poll(0.2, room)
                 if records:
                     last_record = time.monotonic()
                     self.absorb(records)
