@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from datetime import UTC, datetime
 from importlib import resources
@@ -38,8 +39,8 @@ RESULTS = Path(__file__).parent / "results"
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl"
 
 
-def load_pairs(n: int) -> tuple[list[ResponsePair], str]:
-    src = (
+def load_pairs(n: int, data: Path | None = None) -> tuple[list[ResponsePair], str]:
+    src = data or (
         HH
         if HH.is_file()
         else Path(str(resources.files("ramo_stream") / "data" / "demo_pairs.jsonl"))
@@ -62,11 +63,18 @@ def reference(grader: TransformersGrader, pairs: list[ResponsePair], rules: list
             prompt = render(grader.tokenizer, pair.prompt, response)
             for rule in rules:
                 ids = torch.tensor(
-                    [grader.tokenizer.encode(prompt.full(rule), add_special_tokens=False)]
+                    [grader.tokenizer.encode(prompt.full(rule), add_special_tokens=False)],
+                    device=grader.device,
                 )
                 logits = grader.model(input_ids=ids).logits[0, -1].float()
                 normalise(*logits.log_softmax(-1)[grader.answer_ids].tolist())
     return time.perf_counter() - t0
+
+
+def device_name(device: str, threads: int) -> str:
+    if device.startswith("cuda"):
+        return f"GPU {torch.cuda.get_device_name()}"
+    return f"CPU, {threads} torch threads"
 
 
 def main() -> None:
@@ -74,14 +82,20 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--model", type=Path, help="Grader folder (default: prepared SmolLM2);"
+                    " benchmarks/random_init.py makes one for speed only")  # fmt: skip
+    ap.add_argument("--encoder", type=Path, help="Adapter encoder folder (default: MiniLM)")
+    ap.add_argument("--data", type=Path, help="Pairs JSONL (default: shared HH file)")
+    ap.add_argument("--out", default="label_throughput.md", help="Results file name")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     settings = load_settings()
-    model = prepare("smollm2-135m-instruct", settings.paths.models_dir)
+    model = args.model or prepare("smollm2-135m-instruct", settings.paths.models_dir)
     pool = load_pool(settings.paths.rule_pool)
-    pairs, source = load_pairs(args.pairs)
-    grader = TransformersGrader(str(model), dtype=settings.grader.dtype)
+    pairs, source = load_pairs(args.pairs, args.data)
+    grader = TransformersGrader(str(model), dtype=settings.grader.dtype, device=args.device)
     print(
         f"{len(pairs)} pairs from {source}; pool {pool.name} ({len(pool)} rules); "
         f"model {model.name}, {grader.model.dtype}, {args.threads} threads",
@@ -94,10 +108,12 @@ def main() -> None:
         adapter = load_adapter(settings.paths.adapter_dir, pool)
         adapter_note = "trained adapter"
     except (FileNotFoundError, ValueError):
-        encoder = prepare("all-minilm-l6-v2", settings.paths.models_dir)
+        encoder = args.encoder or prepare("all-minilm-l6-v2", settings.paths.models_dir)
         adapter = new_adapter(str(encoder), pool)
         adapter_note = "untrained head: speed only"
 
+    # Warm-up outside the timings (CUDA context, kernels, allocator).
+    reference(grader, pairs[:1], [r.text for r in list(pool)[:4]])
     rows: list[tuple[str, int, float]] = []
     ref_s = reference(grader, pairs, [r.text for r in pool])
     rows.append(("reference: unbatched, full pool", 2 * len(pool), len(pairs) / ref_s))
@@ -117,10 +133,9 @@ def main() -> None:
     lines = [
         f"# label throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        "command: `python benchmarks/label_throughput.py"
-        f" --pairs {args.pairs} --threads {args.threads}`",
-        f"machine: {platform.machine()}, {args.threads} torch threads, CPU; model"
-        f" SmolLM2-135M-Instruct ({grader.model.dtype}); {len(pairs)} pairs from {source};"
+        f"command: `python benchmarks/label_throughput.py {' '.join(sys.argv[1:])}`",
+        f"machine: {platform.machine()}, {device_name(args.device, args.threads)}; model"
+        f" {Path(model).name} ({grader.model.dtype}); {len(pairs)} pairs from {source};"
         f" pool of {len(pool)} rules;"
         f" k={settings.labeling.k}, calibration {'on' if settings.labeling.calibrate else 'off'}",
         "",
@@ -132,7 +147,7 @@ def main() -> None:
     print("\n" + report)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "label_throughput.md").write_text(report + "\n")
+        (RESULTS / args.out).write_text(report + "\n")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,21 @@ def ray_loop(data: Path, backbone: str, args: argparse.Namespace, workdir: Path)
             "train_s": m["run_train_s"]}  # fmt: skip
 
 
+def save_bare(args: argparse.Namespace, bare: float, n: int) -> None:
+    if args.no_save:
+        return
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    cmd = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / args.out).write_text(
+        f"# train throughput, bare loop only, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"command: `{cmd.strip()}`\nmachine: {device}; {n} pairs of {args.data.name}; backbone"
+        f" {Path(args.backbone).name}; batch {args.batch_pairs} pairs; max_length"
+        f" {args.max_length}\n\n| loop | pairs/s |\n|---|---:|\n| bare PyTorch | {bare:.2f} |\n\n"
+        "Ray is not installed on that machine, so the Ray Train loop was not measured there.\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--pairs", type=int, default=256)
@@ -122,10 +137,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the bare loop")
+    ap.add_argument("--data", type=Path, default=HH, help="RewardBench JSONL (default: HH)")
+    ap.add_argument("--bare-only", action="store_true", help="Only the bare loop (a machine"
+                    " without Ray, e.g. a GPU box for a pairs/s figure); no ratio")  # fmt: skip
+    ap.add_argument("--out", default="train_throughput.md", help="Results file name")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
-    if not HH.is_file():
-        sys.exit(f"skipped: {HH} is absent (the benchmark reads real pairs from ../shared/data)")
+    if not args.data.is_file():
+        sys.exit(f"skipped: {args.data} is absent (the benchmark reads real pairs)")
     torch.set_num_threads(args.threads)
     settings = load_settings()
     if args.backbone in KNOWN:
@@ -134,13 +153,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ramo-bench-train-") as tmp:
         data = Path(tmp) / "pairs.jsonl"
-        lines = HH.read_bytes().splitlines()[: args.pairs]
+        lines = args.data.read_bytes().splitlines()[: args.pairs]
         data.write_bytes(b"\n".join(lines) + b"\n")
         pairs = load_pairs(data)
         print(f"{len(pairs)} pairs, backbone {args.backbone}, batch {args.batch_pairs}, "
               f"max_length {args.max_length}, device {args.device}", flush=True)  # fmt: skip
+        if args.device == "cuda":  # warm-up: CUDA context and kernels outside the timing
+            bare_loop(backbone, pairs[: 2 * args.batch_pairs], args)
         bare = bare_loop(backbone, pairs, args)
         print(f"bare PyTorch loop: {bare:.2f} pairs/s", flush=True)
+        if args.bare_only:
+            return save_bare(args, bare, len(pairs))
         ray = ray_loop(data, backbone, args, Path(tmp) / "ray")
         print(f"Ray Train loop:    {ray['pairs_per_s']:.2f} pairs/s "
               f"({ray['pairs']:.0f} pairs in {ray['train_s']:.1f}s of training; "

@@ -67,23 +67,25 @@ class AdapterPredictor:
         rule_ids: list[str],
         pool_hash: str,
         meta: dict[str, Any] | None = None,
+        device: str | None = None,
     ) -> None:
-        self.model = model.eval()
+        # On the GPU when there is one: on a GPU box the CPU would be the bottleneck.
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.rule_ids = rule_ids
         self.pool_hash = pool_hash
         self.meta = meta or {}
 
     def encode(self, pairs: Sequence[ResponsePair]) -> dict[str, torch.Tensor]:
-        return dict(
-            self.tokenizer(
-                [adapter_text(p) for p in pairs],
-                padding=True,
-                truncation=True,
-                max_length=MAX_TOKENS,
-                return_tensors="pt",
-            )
+        batch = self.tokenizer(
+            [adapter_text(p) for p in pairs],
+            padding=True,
+            truncation=True,
+            max_length=MAX_TOKENS,
+            return_tensors="pt",
         )
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.inference_mode()
     def probabilities(self, pairs: Sequence[ResponsePair]) -> torch.Tensor:
@@ -143,5 +145,5 @@ def load_adapter(path: Path, pool: RulePool) -> AdapterPredictor:
     encoder = AutoModel.from_pretrained(path / "encoder", dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path / "encoder")
     model = RuleAdapter(encoder, int(encoder.config.hidden_size), len(pool))
-    model.head.load_state_dict(torch.load(path / HEAD, weights_only=True))
+    model.head.load_state_dict(torch.load(path / HEAD, weights_only=True, map_location="cpu"))
     return AdapterPredictor(model, tokenizer, meta["rule_ids"], meta["pool_hash"], meta)

@@ -98,7 +98,7 @@ def train_adapter(
             chunk = train[start : start + batch_size]
             batch = adapter.encode([p for p, _ in chunk])
             logits = model(batch["input_ids"], batch["attention_mask"])
-            loss = loss_fn(logits, targets([r for _, r in chunk]))
+            loss = loss_fn(logits, targets([r for _, r in chunk]).to(logits.device))
             optim.zero_grad()
             loss.backward()
             optim.step()
