@@ -52,11 +52,14 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (centre - half, centre + half)
 
 
-def sample(path: Path, n: int, rng: random.Random) -> list[ResponsePair]:
+def sample(
+    path: Path, n: int, rng: random.Random, excluded: set[str] | None = None
+) -> list[ResponsePair]:
+    excluded = excluded or set()
     pairs = [
         p
         for _, raw in iter_lines(path)
-        if isinstance(p := parse_line(raw, path.stem), ResponsePair)
+        if isinstance(p := parse_line(raw, path.stem), ResponsePair) and p.pair_id not in excluded
     ]
     # stratified by subset so small subsets are not lost
     by_subset: dict[str, list[ResponsePair]] = defaultdict(list)
@@ -75,6 +78,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--exclude", type=Path, help="JSONL of labeled pairs to leave out of the"
+                    " sample, e.g. the adapter's training targets")  # fmt: skip
     args = ap.parse_args()
     files = [DATA / "hh_harmless_test.jsonl", DATA / "llmbar_pairs.jsonl"]
     if not all(f.is_file() for f in files):
@@ -95,8 +100,14 @@ def main() -> None:
     except (FileNotFoundError, ValueError) as e:
         print(f"adapter row skipped: {e}", file=sys.stderr)
 
+    excluded: set[str] = set()
+    if args.exclude:
+        from ramo_stream.schemas import LabeledPair
+
+        excluded = {LabeledPair.model_validate_json(line).pair_id
+                    for line in args.exclude.read_text().splitlines() if line.strip()}  # fmt: skip
     rng = random.Random(args.seed)
-    pairs = [p for f in files for p in sample(f, args.per_file, rng)]
+    pairs = [p for f in files for p in sample(f, args.per_file, rng, excluded)]
     # variant -> subset -> [hits, n]
     tally: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     t0 = time.perf_counter()
@@ -137,8 +148,7 @@ def main() -> None:
     lines = [
         f"# label quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        "command: `python benchmarks/label_quality.py"
-        f" --per-file {args.per_file} --seed {args.seed}`",
+        f"command: `python benchmarks/label_quality.py {' '.join(sys.argv[1:])}`",
         f"grader: SmolLM2-135M-Instruct on CPU ({grader.model.dtype}); pool {pool.name}"
         f" ({len(pool)} rules); k={k}, gamma={settings.labeling.gamma}; {len(pairs)} pairs sampled"
         " per subset from hh_harmless_test and llmbar_pairs. Agreement with the human preference"

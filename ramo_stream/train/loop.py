@@ -227,7 +227,7 @@ class Worker:
         items = batch + replayed
         # A worker with nothing this step still runs forward/backward (DDP needs every
         # worker's gradients), on a dummy pair whose loss is scaled to zero.
-        real = items or [_Item(TrainPair("-", "", "", ""), "", "")]
+        real = items or [_Item(TrainPair("-", ".", ".", "."), ".", ".")]
         enc = self._batch_tensors(real)
         self.model.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
