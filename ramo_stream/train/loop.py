@@ -327,6 +327,7 @@ class Worker:
         last_record = last_publish = last_log = last_flag_check = time.monotonic()
         stop_req = False
         steps_at_publish = self.c.steps
+        drain_started: float | None = None  # when the current publish was decided
         while True:
             now = time.monotonic()
             if self.rank == 0 and now - last_flag_check >= 1.0:
@@ -346,6 +347,10 @@ class Worker:
             ctrl = self.coll.sum([float(stop_req), float(publish_due), float(idle)])
             stopping = ctrl[0] > 0 or ctrl[2] == self.world
             draining = stopping or ctrl[1] > 0
+            if draining:
+                # Not polling is not idleness: the idle clock runs only while we poll.
+                last_record = now
+                drain_started = drain_started if drain_started is not None else now
             room = 2 * t.batch_pairs - len(self.batcher)  # bounded queue: fresh pairs
             if not draining and room > 0:
                 records = self.source.poll(0.2, room)
@@ -367,7 +372,11 @@ class Worker:
                 if self.c.steps > steps_at_publish:
                     self.publish()
                     steps_at_publish = self.c.steps
-                    last_publish = time.monotonic()
+                    # The cadence counts from when the publish was due, not from when the
+                    # drain and the save ended, so versions come every publish_every_s.
+                    last_publish = drain_started if drain_started is not None else now
+                    last_record = time.monotonic()
+                drain_started = None
                 if stopping:
                     break
             if self.rank == 0 and now - last_log >= LOG_EVERY_S:
