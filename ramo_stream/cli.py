@@ -399,10 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="Rebuild even if present.")
     p.set_defaults(fn=cmd_models_prepare)
 
-    from ramo_stream import cli_label, cli_train
+    from ramo_stream import cli_label, cli_score, cli_serve, cli_train
 
     cli_label.add_commands(sub, parent)
     cli_train.add_commands(sub, msub, parent)
+    cli_serve.add_commands(sub, msub, parent)
+    cli_score.add_commands(sub, parent)
 
     p = add("rules", cmd_rules, "Validate a rule pool and print its size, categories and hash.")
     p.add_argument("--pool", type=Path, help="Pool YAML (default: paths.rule_pool).")

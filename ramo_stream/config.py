@@ -279,6 +279,130 @@ class TrainSettings(_Section):
         return self
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` only accepts connections from this machine."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False
+
+
+class ServeSettings(_Section):
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address `ramo serve` binds. Anything but a loopback address needs"
+        " serve.api_token.",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of `ramo serve`.")
+    api_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token every request but GET /health must carry (Authorization:"
+        " Bearer ...); compared in constant time. Prefer the variable RAMO_SERVE__API_TOKEN to"
+        " a flag or file.",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Larger request bodies get 413 before parsing."
+    )
+    max_items: int = Field(
+        default=256, ge=1, description="Most items (or OpenRLHF queries) in one request; 413."
+    )
+    replicas: int = Field(
+        default=1, ge=1, description="Reward-model replicas (ignored when autoscaling is set)."
+    )
+    autoscaling_min_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Autoscale the reward model between this and autoscaling_max_replicas"
+        " replicas (both or neither), targeting max_batch_size ongoing requests per replica.",
+    )
+    autoscaling_max_replicas: int | None = Field(
+        default=None, ge=1, description="Upper bound of autoscaling."
+    )
+    replica_cpus: float = Field(
+        default=1.0,
+        gt=0,
+        description="CPUs reserved per reward-model replica (torch uses that many threads).",
+    )
+    replica_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs per reward-model replica. Default: 1 when the Ray cluster has a GPU,"
+        " else 0.",
+    )
+    max_batch_size: int = Field(
+        default=32, ge=1, description="Items scored together at most (@serve.batch)."
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.005, ge=0, description="Longest wait for a batch to fill after its first item."
+    )
+    max_ongoing_requests: int = Field(
+        default=64,
+        ge=1,
+        description="Requests a reward-model replica takes at once; must be >= max_batch_size"
+        " or batches can never fill.",
+    )
+    batch_tokens: int = Field(
+        default=16384,
+        ge=8,
+        description="Token budget of one forward pass: a batch sorted by length is cut into"
+        " sub-batches of rows x padded length <= this.",
+    )
+    max_length: int = Field(
+        default=1024, ge=8, description="Tokens scored per item, kept from the end."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype: auto is bfloat16 on GPU, float32 on CPU."
+    )
+    reload_poll_s: float = Field(
+        default=1.0, gt=0, description="How often the registry's CURRENT is checked."
+    )
+    keep_loaded: int = Field(
+        default=2,
+        ge=1,
+        description="Versions kept in memory (the current one and the newest before it), so a"
+        " request may pin one with model_version.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeSettings:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests={self.max_ongoing_requests} is below max_batch_size="
+                f"{self.max_batch_size}, so a batch could never fill; raise"
+                " max_ongoing_requests or lower max_batch_size"
+            )
+        lo, hi = self.autoscaling_min_replicas, self.autoscaling_max_replicas
+        if (lo is None) != (hi is None):
+            raise ValueError(
+                f"autoscaling_min_replicas={lo} and autoscaling_max_replicas={hi}: set both"
+                " (autoscaling) or neither (a fixed number of replicas)"
+            )
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(
+                f"autoscaling_min_replicas={lo} is above autoscaling_max_replicas={hi}"
+            )
+        if self.batch_tokens < self.max_length:
+            raise ValueError(
+                f"batch_tokens={self.batch_tokens} cannot hold one item of max_length="
+                f"{self.max_length}; raise batch_tokens or lower max_length"
+            )
+        return self
+
+    def check_exposure(self) -> None:
+        """Refuse to serve on a non-loopback address without a token (raises ValueError)."""
+        if self.api_token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"serve.host={self.host!r} accepts connections from other machines, but"
+                " serve.api_token is unset, so anyone reaching it could use the service. Set"
+                " RAMO_SERVE__API_TOKEN (16+ characters), or bind 127.0.0.1"
+            )
+
+
 _YAML_FILE: ContextVar[Path | None] = ContextVar("ramo_yaml_file", default=None)
 
 
@@ -320,6 +444,7 @@ class Settings(BaseSettings):
     grader: GraderSettings = Field(default_factory=GraderSettings)
     labeling: LabelingSettings = Field(default_factory=LabelingSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @field_validator("kafka")
     @classmethod

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ramo_stream.adapter.model import AdapterPredictor
-from ramo_stream.core.selection import topk_recall
+from ramo_stream.core.selection import aggregate, rule_scores, topk_recall
+from ramo_stream.labeling import NULL_RULE_ID
 from ramo_stream.schemas import LabeledPair, ResponsePair
 
 
@@ -34,9 +35,11 @@ class AdapterReport:
     recall_random: float
     recall_frequent: float
     final_loss: float
+    # selector -> (labels agreeing with metadata.gold, held-out pairs with a gold side)
+    agreement: dict[str, tuple[int, int]] | None = None
 
     def lines(self) -> list[str]:
-        return [
+        out = [
             f"trained on {self.train_pairs} pairs, held out {self.held_out_pairs}",
             f"top-{self.k} recall vs full-pool selection on held-out pairs:",
             f"  adapter          {self.recall_adapter:.3f}",
@@ -44,6 +47,35 @@ class AdapterReport:
             f"  random-k         {self.recall_random:.3f} (expected k/|P|)",
             f"final training loss {self.final_loss:.4f}",
         ]
+        if self.agreement:
+            out.append("labels from the held-out pairs' own judgments vs the human preference:")
+            out += [f"  {name:<16} {hits}/{n} = {hits / n:.3f}"
+                    for name, (hits, n) in self.agreement.items() if n]  # fmt: skip
+        return out
+
+
+def gold_agreement(
+    held: Sequence[LabeledPair], picks: dict[str, list[list[str]]], epsilon: float = 1e-6
+) -> dict[str, tuple[int, int]]:
+    """Agreement with ``metadata.gold`` of the labels each selector's picks give.
+
+    The held-out targets were graded on the whole pool (plus the content-free rule), so
+    every selector's label is computed from the same calibrated judgments, with no further
+    grading: the adapter's top-k, the full-pool top-k (max-discrepancy), random-k, all.
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for name, per_pair in picks.items():
+        hits = n = 0
+        for lp, selected in zip(held, per_pair, strict=True):
+            gold = lp.pair.metadata.get("gold")
+            null = {j.side: j.score for j in lp.judgments if j.rule_id == NULL_RULE_ID}
+            if gold not in ("a", "b") or set(null) != {"a", "b"}:
+                continue
+            rules = [j for j in lp.judgments if j.rule_id != NULL_RULE_ID]
+            label = aggregate(rule_scores(rules, null["a"], null["b"]), selected, epsilon)
+            hits, n = hits + int(label.preferred == gold), n + 1
+        out[name] = (hits, n)
+    return out
 
 
 def train_adapter(
@@ -112,6 +144,15 @@ def train_adapter(
     held_targets = [r for _, r in held]
     predicted = [[r for r, _ in top] for top in adapter.predict(held_pairs, k)]
     frequent = [r for r, _ in Counter(r for _, rs in train for r in rs).most_common(k)]
+    held_labels = [lp for lp in labeled if lp.selected_rules and is_held_out(lp.pair_id)]
+    rng = random.Random(seed)
+    graded = sorted({j.rule_id for j in held_labels[0].judgments} - {NULL_RULE_ID})
+    picks = {
+        "adapter": predicted,
+        "max-discrepancy": held_targets,
+        "random-k": [rng.sample(graded, min(k, len(graded))) for _ in held_labels],
+        "all": [graded] * len(held_labels),
+    }
     return AdapterReport(
         train_pairs=len(train),
         held_out_pairs=len(held),
@@ -120,4 +161,5 @@ def train_adapter(
         recall_random=min(k, len(index)) / len(index),
         recall_frequent=topk_recall([frequent] * len(held), held_targets),
         final_loss=loss_value,
+        agreement=gold_agreement(held_labels, picks),
     )

@@ -127,9 +127,12 @@ class Worker:
         )
         self.c = _Counters()
         if self.start:
-            state = torch.load(Path(init_path) / TRAINER_STATE, map_location=self.device)
-            self.opt.load_state_dict(state["optimizer"])
             self.c.steps, self.c.samples_seen = self.start.steps, self.start.samples_seen
+            # A version published from a checkpoint (`ramo models publish`) has no optimizer
+            # state: training from it starts a fresh AdamW.
+            if (Path(init_path) / TRAINER_STATE).is_file():
+                state = torch.load(Path(init_path) / TRAINER_STATE, map_location=self.device)
+                self.opt.load_state_dict(state["optimizer"])
         self.coll = _Collective(self.world)
         self.source = self._make_source(config)
         self.source.seek(self.start.offsets if self.start else {})
