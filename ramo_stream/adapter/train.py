@@ -120,6 +120,17 @@ def train_adapter(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = adapter.model.train()
+    frozen: dict[str, torch.Tensor] = {}
+    if not train_encoder:
+        # A frozen encoder gives each pair the same embedding every epoch: compute it once
+        # (30 epochs of 512-token encoder passes were most of the time), train the head.
+        model.encoder.eval()
+        with torch.no_grad():
+            for start in range(0, len(train), batch_size):
+                chunk = [p for p, _ in train[start : start + batch_size]]
+                batch = adapter.encode(chunk)
+                pooled = model.embed(batch["input_ids"], batch["attention_mask"])
+                frozen.update({p.pair_id: e for p, e in zip(chunk, pooled, strict=True)})
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     loss_value = float("nan")
@@ -128,8 +139,11 @@ def train_adapter(
         total, batches = 0.0, 0
         for start in range(0, len(train), batch_size):
             chunk = train[start : start + batch_size]
-            batch = adapter.encode([p for p, _ in chunk])
-            logits = model(batch["input_ids"], batch["attention_mask"])
+            if frozen:
+                logits = model.head(torch.stack([frozen[p.pair_id] for p, _ in chunk]))
+            else:
+                batch = adapter.encode([p for p, _ in chunk])
+                logits = model(batch["input_ids"], batch["attention_mask"])
             loss = loss_fn(logits, targets([r for _, r in chunk]).to(logits.device))
             optim.zero_grad()
             loss.backward()
