@@ -170,7 +170,8 @@ def test_sigkill_then_resume_skips_nothing(
 ) -> None:
     from ramo_stream.reward.registry import Registry
 
-    settings = train_settings(publish_every_steps=2, heldout_every=1_000_000)
+    # Two workers: positions of both are gathered into each manifest and restored after.
+    settings = train_settings(publish_every_steps=2, heldout_every=1_000_000, workers=2)
     labels = generated_labels(160, seed=3)
     produce(broker, settings.topics.labels, [lp.model_dump_json().encode() for lp in labels])
     config = tmp_path / "settings.yaml"
