@@ -9,7 +9,7 @@
         result.rewards, result.model_version
 
 ``AsyncRewardClient`` is the asyncio twin. Adapters for TRL, veRL and OpenRLHF are in
-``ramo_stream.client.adapters``. Needs httpx (installed with ``ramo-stream[serve]``).
+``ramo_stream.client.adapters``. Needs httpx only (``ramo-stream[client]``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(
         "ramo_stream.client needs httpx, which is not installed; pip install httpx (or"
-        " 'ramo-stream[serve]')"
+        " 'ramo-stream[client]')"
     ) from e
 
 from ramo_stream.client.async_client import AsyncRewardClient
