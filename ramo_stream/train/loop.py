@@ -140,6 +140,9 @@ class Worker:
         self.heldout: deque[_Item] = deque(maxlen=self.t.heldout_max)
         self.replay: deque[_Item] = deque(maxlen=self.t.replay_size)
         self.writer = self._make_dlq_writer(config)
+        if self.rank == 0:
+            print(f"worker 0 of {self.world}: {self.device}, {torch.get_num_threads()} torch "
+                  f"threads, starting from {init_path}", flush=True)  # fmt: skip
 
     # -- set-up ------------------------------------------------------------------------
 
