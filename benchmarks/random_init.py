@@ -52,6 +52,8 @@ def main() -> None:
         config.architectures
     )
     cls = AutoModelForCausalLM if is_decoder else AutoModelForSequenceClassification
+    if not is_decoder:
+        config.num_labels = 1  # a reward head, so load_reward_model takes the folder as is
     model = cls.from_config(config)
     args.dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.dst)

@@ -7,8 +7,10 @@ with the same published registry version (same weights, dtype, ``format_text`` i
 max_length), one after the other so they never share the CPU:
 
 - (a) upper bound: ``rewards()`` in this process, no server; the whole request pool sorted by
-      length and cut into batches of --max-batch-size (formatting and tokenising included in
-      the time). Throughput only.
+      length and cut into batches of --max-batch-size, each cut again to --batch-tokens as the
+      service cuts its batches (formatting and tokenising included in the time). Throughput
+      only. Measured with batches of one too: batched / unbatched is what batching is worth
+      on the machine, so about the most (c) can gain over (b).
 - (b) baseline: a plain FastAPI/uvicorn server in the style of OpenRLHF's ``serve_rm``
       (a subprocess on 127.0.0.1, one worker; the forward runs inside the async handler, so
       requests are served strictly one at a time, one forward each; access log off). Same
@@ -31,7 +33,8 @@ rest of the machine runs the HTTP stacks and the load generator for (b) and (c) 
     python benchmarks/serve_load.py [--quick] [--backbone all-minilm-l6-v2]
         [--concurrency 1,2,4,8,16,32,64] [--duration-s 8] [--warmup-s 2]
         [--open-rates 0.9,1.8 | --rate R ...] [--max-batch-size 32] [--batch-wait-s 0.005]
-        [--max-ongoing-requests 64] [--replicas 1] [--threads 1] [--max-length 512]
+        [--batch-tokens 16384] [--max-ongoing-requests 64] [--replicas 1] [--threads 1]
+        [--max-length 512] [--requests 256]
         [--device cpu|cuda] [--config-scale smollm2-1.7b|hidden=2048,layers=24,...]
         [--peak-tflops 989] [--systems b,c] [--no-save]
 
@@ -187,49 +190,54 @@ def tokenizer_of(folder: Path) -> tuple[Any, int]:
 # --- (a) upper bound ----------------------------------------------------------------------
 
 
-def upper_bound(folder: Path, items: list[tuple[str, str]], args: argparse.Namespace) -> dict:
-    """Items/s of sorted, batched forwards in this process (whole passes over the pool)."""
+def upper_bound(
+    folder: Path, items: list[tuple[str, str]], args: argparse.Namespace
+) -> tuple[dict, dict]:
+    """(a): items/s of length-sorted forwards in batches of --max-batch-size (each cut by
+    --batch-tokens as the service cuts its batches), whole passes over the pool; and the
+    same with batches of one (what batching can gain on this machine at most)."""
     import torch
 
     from ramo_stream.reward.model import encode, format_text, rewards
+    from ramo_stream.serve.reward_batching import plan_sub_batches
 
     model, tok, limit = load_model(folder, args.device)
     limit = min(limit, args.max_length)
-    bs = args.max_batch_size
 
-    def one_pass() -> tuple[list[float], int]:
+    def one_pass(bs: int) -> tuple[list[float], int]:
         texts = [format_text(tok, p, r) for p, r in items]
         lengths = [len(x) for x in tok(texts, truncation=True, max_length=limit)["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         out = [0.0] * len(texts)
         for i in range(0, len(order), bs):
-            rows = order[i : i + bs]
-            batch = {
-                k: v.to(args.device)
-                for k, v in encode(tok, [texts[j] for j in rows], limit).items()
-            }
-            with torch.inference_mode():
-                values = rewards(model, batch).float().tolist()  # .tolist() syncs a GPU
-            for j, v in zip(rows, values, strict=True):
-                out[j] = v
+            chunk = order[i : i + bs]
+            for group in plan_sub_batches([lengths[j] for j in chunk], args.batch_tokens):
+                rows = [chunk[g] for g in group]
+                enc = encode(tok, [texts[j] for j in rows], limit)
+                batch = {k: v.to(args.device) for k, v in enc.items()}
+                with torch.inference_mode():
+                    values = rewards(model, batch).float().tolist()  # .tolist() syncs a GPU
+                for j, v in zip(rows, values, strict=True):
+                    out[j] = v
         return out, sum(lengths)
 
-    with torch.inference_mode():  # warm-up: lazy init, CUDA kernels
-        rewards(model, encode(tok, [format_text(tok, *items[0])] * bs, limit))
-    passes, tokens, t0 = 0, 0, time.perf_counter()
-    while passes == 0 or time.perf_counter() - t0 < args.duration_s:
-        scores, n_tok = one_pass()
-        passes, tokens = passes + 1, tokens + n_tok
-    elapsed = time.perf_counter() - t0
-    params = sum(p.numel() for p in model.parameters())
-    return {
-        "items_per_s": passes * len(items) / elapsed,
-        "tokens_per_s": tokens / elapsed,
-        "passes": passes,
-        "seconds": elapsed,
-        "scores": scores,
-        "params": params,
-    }
+    def timed(bs: int) -> dict:
+        with torch.inference_mode():  # warm-up: lazy init, CUDA kernels of this shape
+            rewards(model, encode(tok, [format_text(tok, *items[0])] * bs, limit))
+        passes, tokens, t0 = 0, 0, time.perf_counter()
+        while passes == 0 or time.perf_counter() - t0 < args.duration_s:
+            scores, n_tok = one_pass(bs)
+            passes, tokens = passes + 1, tokens + n_tok
+        elapsed = time.perf_counter() - t0
+        return {"batch_size": bs, "items_per_s": passes * len(items) / elapsed,
+                "tokens_per_s": tokens / elapsed, "passes": passes, "seconds": elapsed,
+                "scores": scores}  # fmt: skip
+
+    batched = timed(args.max_batch_size)
+    batched["params"] = sum(p.numel() for p in model.parameters())
+    single = timed(1)
+    single.pop("scores")
+    return batched, single
 
 
 # --- (b) the plain server (this file, run with --serve-baseline) --------------------------
@@ -362,6 +370,7 @@ def reward_service(registry: Path, cache: Path, args: argparse.Namespace) -> Any
         "serve.replicas": args.replicas,
         "serve.replica_cpus": float(args.threads),
         "serve.max_length": args.max_length,
+        "serve.batch_tokens": args.batch_tokens,
     }
     cpus = max(os.cpu_count() or 1, args.replicas * args.threads + 1)  # logical Ray CPUs
     t0 = time.monotonic()
@@ -653,6 +662,7 @@ def ratios(res: dict) -> dict[str, float | None]:
     return {
         "c_over_a": c["req_per_s"] / a["items_per_s"] if a and c else None,
         "c_over_b": c["req_per_s"] / b["req_per_s"] if b and c and b["req_per_s"] else None,
+        "a_over_b": a["items_per_s"] / b["req_per_s"] if a and b and b["req_per_s"] else None,
     }
 
 
@@ -661,7 +671,7 @@ def mfu(tokens_per_s: float, params: int, peak_tflops: float) -> float:
 
 
 def report(res: dict, args: argparse.Namespace) -> str:
-    a, b, c = res.get("a"), res.get("b"), res.get("c")
+    a, a1, b, c = res.get("a"), res.get("a1"), res.get("b"), res.get("c")
     r = ratios(res)
     gpu = args.device == "cuda"
     s = res["settings"]
@@ -673,15 +683,15 @@ def report(res: dict, args: argparse.Namespace) -> str:
         f"{fmt(res['load_start'], '.2f')} at the start, {fmt(res['load_end'], '.2f')} at the end"
         " (other processes share the cores)",
         f"git: {res['git']}",
-        f"model: {s['model']} ({s['params'] / 1e6:.1f}M parameters), {s['dtype']}, max_length "
+        f"model: {s['model']}; {s['params'] / 1e6:.1f}M parameters, {s['dtype']}, max_length "
         f"{s['max_length']}, torch threads {args.threads} for (a) and (b), Ray CPUs "
         f"{args.threads} per replica for (c)",
         f"data: {s['data']}; {s['pool']} requests of one item, mean {s['mean_tokens']:.0f} "
         f"tokens (median {s['median_tokens']:.0f}, max {s['max_tokens']})",
         f"service (c): max_batch_size {args.max_batch_size}, batch_wait_timeout_s "
         f"{args.batch_wait_s:g}, max_ongoing_requests {args.max_ongoing_requests}, replicas "
-        f"{args.replicas}, batch_tokens default; (a): batches of {args.max_batch_size} of the "
-        "whole pool sorted by length",
+        f"{args.replicas}, batch_tokens {args.batch_tokens}; (a): the whole pool sorted by "
+        f"length, in batches of {args.max_batch_size} cut to batch_tokens as (c) cuts them",
         f"closed loop: {args.warmup_s:g} s warm-up + {args.duration_s:g} s measured per point;"
         f" open loop: {args.open_duration_s:g} s of Poisson arrivals per rate",
         "",
@@ -693,7 +703,10 @@ def report(res: dict, args: argparse.Namespace) -> str:
         )
         lines += [
             f"(a) upper bound, batched forward, no server: **{a['items_per_s']:.1f} "
-            f"items/s**{tok}{peak} ({a['passes']} passes over the pool)",
+            f"items/s**{tok}{peak} ({a['passes']} pass(es) over the pool, {a['seconds']:.0f} s)",
+            f"(a) with batches of one: {a1['items_per_s']:.1f} items/s; batched / unbatched ="
+            f" {a['items_per_s'] / a1['items_per_s']:.2f}: what batching itself is worth on this"
+            " machine and model, about the most (c) can gain over (b) at any load.",
             "",
         ]
     head = "| clients |"
@@ -781,10 +794,10 @@ def report(res: dict, args: argparse.Namespace) -> str:
             )
         lines.append("")
     checks = ", ".join(f"{k} {v:.2g}" for k, v in res.get("same_model_max_abs_diff", {}).items())
+    ups = [f"{k} {res[f'{k[1]}_startup_s']:.1f} s" for k in ("(b)", "(c)") if res.get(k[1])]
     lines.append(
-        f"Same model check: largest |reward - (a)'s reward| over 8 items: {checks or '-'}."
-        f" Start-up (not measured): (b) {fmt(res.get('b_startup_s'))} s, (c) "
-        f"{fmt(res.get('c_startup_s'))} s."
+        f"Same model check: largest |reward - (a)'s reward| over 8 items, one request each: "
+        f"{checks or '-'}. Start-up, not measured: {', '.join(ups) or '-'}."
     )
     return "\n".join(lines)
 
@@ -876,9 +889,15 @@ def parse_args() -> argparse.Namespace:
         default=60.0,
         help="After the last arrival, wait this long for answers (60).",
     )
-    ap.add_argument("--requests", type=int, default=512, help="Distinct requests in the pool.")
+    ap.add_argument("--requests", type=int, default=256, help="Distinct requests in the pool.")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--batch-wait-s", type=float, default=0.005)
+    ap.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=16384,
+        help="serve.batch_tokens of (c), and the same cut in (a) (16384, the service default).",
+    )
     ap.add_argument("--max-ongoing-requests", type=int, default=64)
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads / Ray CPUs (1).")
@@ -893,9 +912,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--version", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.quick:
-        args.concurrency, args.duration_s, args.warmup_s = [1, 4, 32], 3.0, 1.0
-        args.open_duration_s, args.requests, args.open_rates = 4.0, 128, [0.9]
+    if args.quick:  # smaller values for what was not given explicitly
+        quick = {"concurrency": [1, 4, 32], "duration_s": 3.0, "warmup_s": 1.0,
+                 "open_duration_s": 4.0, "requests": 128, "open_rates": [0.9]}  # fmt: skip
+        for key, value in quick.items():
+            if getattr(args, key) == ap.get_default(key):
+                setattr(args, key, value)
     args.systems = set(args.systems.split(","))
     return args
 
@@ -947,9 +969,9 @@ def main() -> int:
         res["settings"] = {
             "model": f"{args.backbone}"
             + (
-                f" scaled to {args.config_scale} (random weights)"
+                f" scaled to {args.config_scale}, random weights"
                 if scale
-                else " (published with a new reward head)"
+                else ", published with a new reward head"
             ),
             "dtype": "bfloat16" if args.device == "cuda" else "float32",
             "max_length": limit,
@@ -963,6 +985,7 @@ def main() -> int:
             "batch_wait_timeout_s": args.batch_wait_s,
             "max_ongoing_requests": args.max_ongoing_requests,
             "replicas": args.replicas,
+            "batch_tokens": args.batch_tokens,
             "threads": args.threads,
             "concurrency": args.concurrency,
         }
@@ -972,7 +995,8 @@ def main() -> int:
             flush=True,
         )
 
-        a = upper_bound(folder, items, args)
+        a, a1 = upper_bound(folder, items, args)
+        res["a1"] = a1
         gc.collect()  # (a)'s model is gone: free its memory before the servers load theirs
         if args.device == "cuda":
             torch.cuda.empty_cache()
@@ -981,7 +1005,8 @@ def main() -> int:
         res["a"] = a
         print(
             f"(a) batched forward, no server: {a['items_per_s']:.1f} items/s, "
-            f"{a['tokens_per_s']:.0f} tokens/s",
+            f"{a['tokens_per_s']:.0f} tokens/s; with batches of one: {a1['items_per_s']:.1f}"
+            " items/s",
             flush=True,
         )
 
