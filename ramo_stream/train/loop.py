@@ -133,6 +133,8 @@ class Worker:
             if (Path(init_path) / TRAINER_STATE).is_file():
                 state = torch.load(Path(init_path) / TRAINER_STATE, map_location=self.device)
                 self.opt.load_state_dict(state["optimizer"])
+                for group in self.opt.param_groups:  # the settings win over the saved ones
+                    group.update(lr=self.t.lr, weight_decay=self.t.weight_decay)
         self.coll = _Collective(self.world)
         self.source = self._make_source(config)
         self.source.seek(self.start.offsets if self.start else {})
