@@ -41,13 +41,13 @@ from typing import Any
 
 import httpx
 
-from ramo_stream.grading.base import AnswerProbs, GradeRequest, PromptTooLong, normalise
+from ramo_stream.grading.base import AnswerProbs, GradeRequest, normalise
 from ramo_stream.grading.template import (
     DEFAULT_WORDS,
     TEMPLATE_VERSION,
     AnswerWords,
     check_grader_tokenizer,
-    render,
+    prompt_token_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -177,15 +177,7 @@ class OpenAIGrader:
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers)
 
     def _prompt_ids(self, request: GradeRequest) -> list[int]:
-        prompt = render(self.tokenizer, request.prompt, request.response, self.words)
-        ids = list(self.tokenizer.encode(prompt.full(request.rule_text), add_special_tokens=False))
-        if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
-            raise PromptTooLong(
-                f"grading prompt is {len(ids)} tokens, over the limit of"
-                f" {self.max_prompt_tokens} (grader.max_prompt_tokens or the model's context);"
-                " shorten the conversation or raise the limit"
-            )
-        return ids
+        return prompt_token_ids(self.tokenizer, request, self.words, self.max_prompt_tokens or None)
 
     def grade(self, requests: Sequence[GradeRequest]) -> list[AnswerProbs]:
         # All prompts are built (and checked for length) before the first HTTP request.

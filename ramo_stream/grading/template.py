@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ramo_stream.grading.base import PromptTooLong
 from ramo_stream.schemas import ChatMessage
 
 TEMPLATE_VERSION = "ramo-grade-v1"
@@ -130,4 +131,22 @@ def answer_token_ids(tokenizer: ChatTokenizer, words: AnswerWords = DEFAULT_WORD
         ids.append(toks[0])
     if len(set(ids)) != 3:
         raise AnswerWordError(f"answer words {words.as_tuple()} share a token: {ids}")
+    return ids
+
+
+def prompt_token_ids(
+    tokenizer: Any, request: Any, words: AnswerWords, limit: int | None
+) -> list[int]:
+    """Token ids of a grading request's full prompt, for engines that take ids (vLLM, an
+    OpenAI-compatible server). Ids, not text: the rendered chat template already holds its
+    special tokens, and tokenising text again would add a second BOS. Raises PromptTooLong
+    when ``limit`` is set and the prompt is longer."""
+    prompt = render(tokenizer, request.prompt, request.response, words)
+    ids = list(tokenizer.encode(prompt.full(request.rule_text), add_special_tokens=False))
+    if limit is not None and len(ids) > limit:
+        raise PromptTooLong(
+            f"grading prompt is {len(ids)} tokens, over the limit of {limit}"
+            " (grader.max_prompt_tokens or the model's context); shorten the conversation"
+            " or raise the limit"
+        )
     return ids

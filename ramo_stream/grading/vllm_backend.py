@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ramo_stream.grading.base import AnswerProbs, GradeRequest, PromptTooLong, normalise
+from ramo_stream.grading.base import AnswerProbs, GradeRequest, normalise
 from ramo_stream.grading.template import (
     DEFAULT_WORDS,
     TEMPLATE_VERSION,
     AnswerWords,
     check_grader_tokenizer,
-    render,
+    prompt_token_ids,
 )
 
 
@@ -74,17 +74,8 @@ class VLLMGrader:
         )
 
     def _prompt_ids(self, request: GradeRequest) -> list[int]:
-        # Token ids, not text: vLLM would tokenise text with special tokens added, and the
-        # rendered chat template already has its own (a second BOS would change the answer).
-        prompt = render(self.tokenizer, request.prompt, request.response, self.words)
-        ids = list(self.tokenizer.encode(prompt.full(request.rule_text), add_special_tokens=False))
-        if len(ids) + 1 > self.max_model_len:
-            raise PromptTooLong(
-                f"grading prompt is {len(ids)} tokens, over the limit of"
-                f" {self.max_model_len - 1} (grader.max_prompt_tokens or the model's context);"
-                " shorten the conversation or raise the limit"
-            )
-        return ids
+        # -1: room for the one generated answer token.
+        return prompt_token_ids(self.tokenizer, request, self.words, self.max_model_len - 1)
 
     def grade(self, requests: Sequence[GradeRequest]) -> list[AnswerProbs]:
         if not requests:
