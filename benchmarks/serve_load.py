@@ -16,7 +16,7 @@ max_length), one after the other so they never share the CPU:
       requests are served strictly one at a time, one forward each; access log off). Same
       ``POST /v1/score`` contract, so the same client drives both.
 - (c) this service: what ``ramo serve`` runs (``build_app`` on a local Ray, Serve HTTP on
-      127.0.0.1) with its dynamic batching (``@serve.batch``).
+      127.0.0.1) with its dynamic batching (``reward_batching.DynamicBatcher``).
 
 Load: async httpx clients in this process. Closed loop: N clients, each sends its next
 request when the previous one is answered; --warmup-s not counted, then --duration-s

@@ -335,7 +335,7 @@ class ServeSettings(_Section):
         " else 0.",
     )
     max_batch_size: int = Field(
-        default=32, ge=1, description="Items scored together at most (@serve.batch)."
+        default=32, ge=1, description="Items scored together at most (one dynamic batch)."
     )
     batch_wait_timeout_s: float = Field(
         default=0.005, ge=0, description="Longest wait for a batch to fill after its first item."

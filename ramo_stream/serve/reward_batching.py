@@ -1,4 +1,7 @@
-"""Scoring one dynamic batch: grouped by model version, sorted by length, cut by a token budget.
+"""Dynamic batching: collecting items into batches, and scoring one batch.
+
+``DynamicBatcher`` collects single items from concurrent requests and hands them to a
+scoring function one batch at a time.
 
 A batch gathers items of several requests, which may be pinned to different versions. Each
 version's items are formatted with that version's tokenizer (``format_text``, the one input
@@ -9,9 +12,11 @@ to a length close to its rows' own, so little compute goes to padding.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from ramo_stream.reward.model import encode, format_text, rewards
 from ramo_stream.schemas import ChatMessage
@@ -93,3 +98,103 @@ def score_items(
             if on_forward is not None:
                 on_forward(len(group), lengths[group[0]], sum(lengths[j] for j in group))
     return out
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Waiting(NamedTuple, Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    arrived: float  # loop.time() at submit
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Batches single items for a blocking ``run(items) -> results``, one batch at a time.
+
+    A batch is formed only when ``run`` is free. It takes up to ``max_batch_size`` waiting
+    items, and once its oldest item has waited ``wait_s`` it goes without waiting to fill.
+    So at low load an item waits at most ``wait_s``; under load, the items that arrive
+    during a forward all go into the next one, which is where batching pays.
+
+    (Ray 2.60's ``@serve.batch`` forms the next batch as soon as one starts running, so
+    with a forward much longer than its wait, each batch held one or two items. That is
+    why this is not ``@serve.batch``.)
+
+    ``run`` runs in a worker thread, so the event loop keeps accepting requests. An
+    exception in ``run`` fails that batch's items only; an item whose caller gave up
+    (cancelled) is dropped before its batch runs.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Sequence[R]],
+        max_batch_size: int,
+        wait_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or wait_s < 0:
+            raise ValueError(f"max_batch_size={max_batch_size} must be >= 1 and"
+                             f" wait_s={wait_s} >= 0")  # fmt: skip
+        self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
+        self.on_batch = on_batch
+        self._queue: deque[_Waiting[T, R]] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():  # first call: start on the caller's loop
+            self._arrived = asyncio.Event()
+            self._task = loop.create_task(self._loop(), name="ramo-dynamic-batcher")
+        future: asyncio.Future[R] = loop.create_future()
+        self._queue.append(_Waiting(item, future, loop.time()))
+        assert self._arrived is not None
+        self._arrived.set()
+        return await future
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _next_batch(self) -> list[_Waiting[T, R]]:
+        loop, queue, arrived = asyncio.get_running_loop(), self._queue, self._arrived
+        assert arrived is not None
+        while True:
+            while not queue:
+                arrived.clear()
+                await arrived.wait()
+            deadline = queue[0].arrived + self.wait_s
+            while len(queue) < self.max_batch_size and (left := deadline - loop.time()) > 0:
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), left)
+                except TimeoutError:
+                    break
+            batch: list[_Waiting[T, R]] = []
+            while queue and len(batch) < self.max_batch_size:
+                waiting = queue.popleft()
+                if not waiting.future.done():  # cancelled callers are dropped here
+                    batch.append(waiting)
+            if batch:
+                return batch
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            try:
+                results = await asyncio.to_thread(self.run, [w.item for w in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"run returned {len(results)} results for"
+                                       f" {len(batch)} items")  # fmt: skip
+            except Exception as e:  # this batch fails; the loop goes on
+                for w in batch:
+                    if not w.future.done():
+                        w.future.set_exception(e)
+                continue
+            for w, result in zip(batch, results, strict=True):
+                if not w.future.done():
+                    w.future.set_result(result)

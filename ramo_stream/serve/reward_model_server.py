@@ -8,9 +8,11 @@ arrival, and its items carry that model object into the batch: a batch in flight
 on the model it started with even if the version is evicted meanwhile. Besides the current
 version, the newest ``serve.keep_loaded - 1`` others stay loaded for requests that pin one.
 
-Batching. ``score`` submits each item of a request separately to ``_score_one``, a
-``@serve.batch`` method, and gathers them: items of concurrent requests share forward
-passes. A batch runs in a worker thread, so the event loop keeps collecting the next one.
+Batching. ``score`` submits each item of a request separately to a ``DynamicBatcher`` and
+gathers them: items of concurrent requests share forward passes. The batcher forms a batch
+only when the model is free, so items that arrive during a forward all join the next one
+(``reward_batching`` says why this is not ``@serve.batch``). A batch runs in a worker
+thread, so the event loop keeps accepting requests meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ray import serve
 from ramo_stream.reward.registry import Registry
 from ramo_stream.serve.reward_batching import (
     BatchItem,
+    DynamicBatcher,
     LoadedModel,
     model_max_length,
     score_items,
@@ -184,9 +187,10 @@ class RewardModelServer:
         self._stop = threading.Event()
         threading.Thread(target=self.pool.watch, args=(self._stop, s.reload_poll_s),
                          name="ramo-reward-watcher", daemon=True).start()  # fmt: skip
-        batched: Any = self._score_one  # serve.batch's setters, per replica
-        batched.set_max_batch_size(s.max_batch_size)
-        batched.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self.batcher = DynamicBatcher(
+            self._score_batch, s.max_batch_size, s.batch_wait_timeout_s,
+            on_batch=self.metrics.batch_size.observe,
+        )  # fmt: skip
 
     async def score(
         self, items: list[Item], version: int | None
@@ -201,17 +205,12 @@ class RewardModelServer:
             loaded = self.pool.resolve(version)
         except ServiceError as e:
             return e
-        values = await asyncio.gather(
-            *(self._score_one(BatchItem(loaded, prompt, response)) for prompt, response in items)
-        )
+        submit = self.batcher.submit
+        values = await asyncio.gather(*(submit(BatchItem(loaded, p, r)) for p, r in items))
         return list(values), loaded.version
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)  # set from settings in __init__
-    async def _score_one(self, items: list[BatchItem]) -> list[float]:
-        self.metrics.batch_size.observe(len(items))
-        return await asyncio.to_thread(
-            score_items, items, self.max_length, self.batch_tokens, self.metrics.on_forward
-        )
+    def _score_batch(self, items: list[BatchItem]) -> list[float]:  # in the batcher's thread
+        return score_items(items, self.max_length, self.batch_tokens, self.metrics.on_forward)
 
     def info(self) -> dict[str, Any]:
         table = self.pool.table
@@ -228,3 +227,6 @@ class RewardModelServer:
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.close()
