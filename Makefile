@@ -25,7 +25,7 @@ install: $(STAMP)
 
 ## The main job on embedded defaults (starts its own broker).
 run: install
-	$(VENV)/bin/ramo run
+	$(VENV)/bin/ramo up --demo
 
 ## Lint, type-check the core, run every test (unit + integration on a real broker).
 test: install lint

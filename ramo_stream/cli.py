@@ -399,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="Rebuild even if present.")
     p.set_defaults(fn=cmd_models_prepare)
 
-    from ramo_stream import cli_label, cli_score, cli_serve, cli_train
+    from ramo_stream import cli_label, cli_score, cli_serve, cli_train, cli_up
 
+    cli_up.add_commands(sub, parent)
     cli_label.add_commands(sub, parent)
     cli_train.add_commands(sub, msub, parent)
     cli_serve.add_commands(sub, msub, parent)

@@ -211,6 +211,12 @@ class TrainSettings(_Section):
         " Train accepts (s3://, gs://, ...). Default: cache_dir/registry.",
     )
     workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel).")
+    worker_cpus: float | None = Field(
+        default=None,
+        gt=0,
+        description="CPUs reserved per trainer worker (torch uses that many threads). Default:"
+        " the Ray cluster's CPUs shared among the workers.",
+    )
     use_gpu: bool | None = Field(
         default=None, description="One GPU per worker. Default: when Ray sees a GPU."
     )

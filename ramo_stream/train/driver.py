@@ -9,6 +9,7 @@ return. A second Ctrl-C aborts at once; what the last version recorded is still 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,17 @@ def registry_root(settings: Settings) -> str:
     return settings.train.registry or str(settings.paths.registry_dir)
 
 
-def run_trainer(settings: Settings, bootstrap: str | None, from_file: Path | None = None) -> Any:
-    """Train until stopped (or idle / max_steps / end of file); return the last manifest."""
+def run_trainer(
+    settings: Settings,
+    bootstrap: str | None,
+    from_file: Path | None = None,
+    stop_event: threading.Event | None = None,
+) -> Any:
+    """Train until stopped (or idle / max_steps / end of file); return the last manifest.
+
+    Ctrl-C or SIGTERM stops it (drain, publish, return), or, when ``stop_event`` is given
+    (a caller running this in a thread, such as `ramo up`), setting that event does.
+    """
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -57,7 +67,8 @@ def run_trainer(settings: Settings, bootstrap: str | None, from_file: Path | Non
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = t.use_gpu if t.use_gpu is not None else gpus >= t.workers
     cpus = ray.cluster_resources().get("CPU", 1)
-    per_worker = {"CPU": max(1, int(cpus) // t.workers)}  # torch uses that many threads
+    # torch uses that many threads
+    per_worker = {"CPU": t.worker_cpus or max(1, int(cpus) // t.workers)}
     stop = _stop_flag_class().remote()
     config = {
         "settings": flat_settings(settings),
@@ -83,6 +94,16 @@ def run_trainer(settings: Settings, bootstrap: str | None, from_file: Path | Non
     print(f"trainer: {t.workers} worker(s), {'GPU' if use_gpu else 'CPU'}, reading {source}, "
           f"publishing to {config['registry']}; Ctrl-C publishes a final version and stops",
           flush=True)  # fmt: skip
+
+    if stop_event is not None:
+
+        def relay() -> None:
+            stop_event.wait()
+            stop.set.remote()
+
+        threading.Thread(target=relay, name="ramo-trainer-stop", daemon=True).start()
+        trainer.fit()
+        return Registry(config["registry"]).current()
 
     def request_stop(signum: int, _frame: Any) -> None:
         print("stopping: draining and publishing a final version (Ctrl-C again aborts)",

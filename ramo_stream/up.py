@@ -1,0 +1,446 @@
+"""`ramo up`: the whole loop in one process: broker, Ray, labeler, trainer, reward service.
+
+Start order: the broker (or the configured Kafka), Ray (a local one, or the cluster that
+RAY_ADDRESS names), Ray Serve with two apps (``labeler``, no HTTP route; ``reward`` on
+``serve.host:serve.port``), then three threads of this process: the Kafka bridge that
+feeds the labeler, the continuous trainer (Ray Train), and, with ``--demo`` or
+``--file``, an ingest of pairs. The main thread draws the live view.
+
+Stop order (Ctrl-C, SIGTERM, ``--exit-when-idle``, or a component failing): the ingest,
+then the bridge (its batch in flight is labeled, written and committed), then the trainer
+(it drains and publishes a final version), then the reward service once it serves that
+version, then Serve, Ray and the broker. Each piece is the same code that ``ramo
+labeler|train|serve`` run on their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+from ramo_stream.config import Settings, flat_settings
+
+# What `--demo` changes unless a flag, variable or file sets it: 40 pairs are few, so
+# publish often and hold out more of them, or nothing would be seen to happen.
+DEMO_SETTINGS: dict[str, Any] = {
+    "train.batch_pairs": 4,
+    "train.publish_every_steps": 2,
+    "train.publish_every_s": 10.0,
+    "train.heldout_every": 5,
+}
+
+
+def demo_files() -> list[Path]:
+    data = resources.files("ramo_stream") / "data"
+    return [Path(str(data / "demo_pairs.jsonl")), Path(str(data / "demo_malformed.jsonl"))]
+
+
+# --- components --------------------------------------------------------------------------
+
+
+@dataclass
+class Component:
+    """One piece of the loop, running in its own thread of this process."""
+
+    name: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+    result: Any = None
+
+    def start(self, target: Callable[[threading.Event], Any]) -> None:
+        def run() -> None:
+            try:
+                self.result = target(self.stop)
+            except BaseException as e:  # reported by the main thread, which stops the rest
+                self.error = e
+
+        self.thread = threading.Thread(target=run, name=f"ramo-up-{self.name}", daemon=True)
+        self.thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def halt(self, timeout_s: float) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout_s)
+            if self.thread.is_alive():
+                print(f"warning: {self.name} did not stop within {timeout_s:.0f} s",
+                      file=sys.stderr)  # fmt: skip
+
+
+# --- the live view -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float  # time.monotonic()
+    pairs: int  # records on the pairs topic (junk included)
+    labels: int
+    dead_letters: int
+    scored: int  # scoring requests answered by the reward service
+    version: int | None = None
+    version_created: datetime | None = None
+    trained: int = 0  # pairs the served version was trained on
+    labels_read: int = 0  # labels behind the served version (trained or held out)
+    heldout_accuracy: float | None = None
+    heldout_size: int = 0
+
+
+SCORING_ENDPOINTS = ("/v1/score", "/v1/compare", "/get_reward")
+
+
+def scored_requests(metrics_text: str) -> int:
+    """Answered scoring requests in a Prometheus scrape of the reward service."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "ramo_reward_requests":
+            continue
+        for sample in family.samples:
+            endpoint = sample.labels.get("endpoint")
+            if sample.name.endswith("_total") and endpoint in SCORING_ENDPOINTS:
+                total += sample.value
+    return int(total)
+
+
+def rate(history: deque[Snapshot], count: Callable[[Snapshot], int]) -> float | None:
+    """Per-second growth of ``count`` over the snapshots kept (None until two exist)."""
+    if len(history) < 2 or history[-1].at <= history[0].at:
+        return None
+    return (count(history[-1]) - count(history[0])) / (history[-1].at - history[0].at)
+
+
+def render(snap: Snapshot, history: deque[Snapshot], selector: str, url: str) -> list[str]:
+    """The live view's lines for one snapshot."""
+    label_rate = rate(history, lambda s: s.labels)
+    score_rate = rate(history, lambda s: s.scored)
+
+    def per_s(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}/s"
+
+    if snap.version is None:
+        model = "no version yet (the first is published after train.publish_every_steps steps)"
+        fresh = "-"
+    else:
+        acc = (
+            f"{snap.heldout_accuracy:.3f} on {snap.heldout_size} held-out pairs"
+            if snap.heldout_accuracy is not None
+            else "no held-out pairs yet"
+        )
+        model = f"v{snap.version}, trained on {snap.trained} pairs, accuracy {acc}"
+        age = (datetime.now(UTC) - snap.version_created).total_seconds()
+        behind = max(0, snap.labels - snap.labels_read)
+        fresh = f"served version is {age:.0f} s old; {behind} labels not in it yet"
+    return [
+        f"pairs ingested {snap.pairs:>6}   labeled {snap.labels:>6}   dead letters "
+        f"{snap.dead_letters:>4}   trained {snap.trained:>6}",
+        f"labeling {per_s(label_rate)} (selector {selector})   scoring {per_s(score_rate)}"
+        f" at {url}",
+        f"model    {model}",
+        f"fresh    {fresh}",
+    ]
+
+
+class LiveView:
+    """Samples the topics, the registry and the reward service; draws the view."""
+
+    def __init__(self, settings: Settings, bootstrap: str, url: str, out: TextIO) -> None:
+        from kafka import KafkaConsumer
+
+        from ramo_stream.reward.registry import Registry
+        from ramo_stream.train.driver import registry_root
+
+        self.settings, self.url, self.out = settings, url, out
+        self.registry = Registry(registry_root(settings))
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="ramo-up-view",
+                                      enable_auto_commit=False)  # fmt: skip
+        self.history: deque[Snapshot] = deque(maxlen=10)
+        self.tty = out.isatty()
+        self._drawn = 0
+        token = settings.serve.api_token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _topic_sizes(self, topics: list[str]) -> dict[str, int]:
+        """Records on each topic (all partitions), read from fetch high watermarks.
+
+        end_offsets() alone is not enough: tansu answers it with the base offset of the
+        last record batch. So each partition is read from there once, and the fetch
+        response's high watermark is the true end.
+        """
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(t, p) for t in topics
+               for p in sorted(self.consumer.partitions_for_topic(t) or [])]  # fmt: skip
+        if set(tps) != self.consumer.assignment():
+            self.consumer.assign(tps)
+        ends = self.consumer.end_offsets(tps)
+        for tp, end in ends.items():
+            self.consumer.seek(tp, end)
+        for _ in range(10):
+            self.consumer.poll(timeout_ms=100, max_records=1)
+            if all(self.consumer.highwater(tp) is not None for tp in tps):
+                break
+        sizes = dict.fromkeys(topics, 0)
+        for tp in tps:
+            sizes[tp.topic] += max(ends[tp], self.consumer.highwater(tp) or 0)
+        return sizes
+
+    def _scored(self) -> int:
+        import httpx
+
+        try:
+            reply = httpx.get(f"{self.url}/metrics", headers=self._headers, timeout=2.0)
+            return scored_requests(reply.text) if reply.status_code == 200 else 0
+        except httpx.HTTPError:
+            return self.history[-1].scored if self.history else 0
+
+    def sample(self) -> Snapshot:
+        t = self.settings.topics
+        sizes = self._topic_sizes([t.pairs, t.labels, t.dlq])
+        snap = Snapshot(time.monotonic(), sizes[t.pairs], sizes[t.labels], sizes[t.dlq],
+                        self._scored())  # fmt: skip
+        manifest = self.registry.current()
+        if manifest is not None:
+            read = sum(manifest.offsets.get(t.labels, {}).values())
+            snap = Snapshot(
+                snap.at, snap.pairs, snap.labels, snap.dead_letters, snap.scored,
+                manifest.version, manifest.created_at, manifest.samples_seen, read,
+                manifest.heldout_accuracy, manifest.heldout_size,
+            )  # fmt: skip
+        self.history.append(snap)
+        return snap
+
+    def draw(self, selector: str, status: str = "") -> Snapshot:
+        snap = self.sample()
+        lines = render(snap, self.history, selector, self.url)
+        if status:
+            lines.append(status)
+        if self.tty:  # redraw in place
+            if self._drawn:
+                self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self.out.write("\n".join(lines) + "\n")
+            self._drawn = len(lines)
+        else:  # a log: one block per draw, stamped
+            stamp = datetime.now(UTC).strftime("%H:%M:%S")
+            self.out.write("\n".join(f"[{stamp}] {line}" for line in lines) + "\n")
+        self.out.flush()
+        return snap
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+# --- ray and serve -----------------------------------------------------------------------
+
+
+def cpus_needed(settings: Settings) -> float:
+    """Ray CPUs the loop reserves: labeler deployments, reward replicas, trainer workers."""
+    from ramo_stream.serve.labeler_app import LabelerAppArgs
+    from ramo_stream.serve.reward_app import RewardAppArgs
+
+    lab, rew, s, t = LabelerAppArgs(), RewardAppArgs(), settings.serve, settings.train
+    labeler = lab.grader_cpus + 0.25 + 0.25  # grader, adapter, labeler deployments
+    replicas = s.autoscaling_min_replicas or s.replicas
+    reward = rew.ingress_cpus + s.replica_cpus * replicas
+    return labeler + reward + t.workers * (t.worker_cpus or 1.0)
+
+
+@contextlib.contextmanager
+def ray_session(settings: Settings) -> Iterator[None]:
+    """A local Ray sized for the loop (logical CPUs may exceed the cores), or RAY_ADDRESS."""
+    import ray
+
+    # Worker output stays in Ray's log files (ray_log_hint), not on top of the live view.
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level="WARNING", log_to_driver=False)
+    else:
+        cpus = max(os.cpu_count() or 1, int(cpus_needed(settings) + 0.999))
+        # the trainer's placement-group cleaner needs the dashboard's state API (loopback)
+        ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 logging_level="WARNING", log_to_driver=False)  # fmt: skip
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def ray_log_dir() -> str:
+    """Where this machine's Ray writes its processes' logs (Ray's default temp dir)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return "on the Ray cluster's nodes"
+    return "/tmp/ray/session_latest/logs"
+
+
+def wait_for_version(url: str, version: int, headers: dict[str, str], timeout_s: float) -> bool:
+    """Whether the reward service at ``url`` serves ``version`` within ``timeout_s``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            reply = httpx.get(f"{url}/v1/models", headers=headers, timeout=2.0)
+            if reply.status_code == 200 and reply.json().get("current") == version:
+                return True
+        time.sleep(0.5)
+    return False
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    files: tuple[Path, ...] = ()  # pairs to ingest once the loop runs (--demo: demo_files())
+    limit: int | None = None  # lines per file
+    exit_when_idle_s: float | None = None  # stop when nothing moved for this long
+    view_every_s: float = 2.0
+
+
+def _ingest(settings: Settings, bootstrap: str, files: tuple[Path, ...], limit: int | None,
+            stop: threading.Event) -> list[Any]:  # fmt: skip
+    from ramo_stream.ingest import ingest_file
+    from ramo_stream.stream.kafka_io import TopicWriter, make_producer
+
+    producer = make_producer(bootstrap, settings.kafka)
+    reports = []
+    try:
+        for path in files:
+            if stop.is_set():
+                break
+            reports.append(ingest_file(path, TopicWriter(producer), settings.topics.pairs,
+                                       settings.topics.dlq, limit=limit))  # fmt: skip
+    finally:
+        producer.close()
+    return reports
+
+
+def _label(settings: Settings, bootstrap: str, handle: Any, stop: threading.Event) -> Any:
+    from ramo_stream.serve.bridge import make_bridge
+
+    bridge = make_bridge(settings, bootstrap, handle)
+    try:
+        return bridge.run(stop=stop)
+    finally:
+        bridge.close()
+
+
+def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> int:
+    """Run the loop until stopped; 0 on a clean stop, 1 if a component failed."""
+    import signal
+
+    from ray import serve
+
+    from ramo_stream.serve.labeler_app import LabelerAppArgs
+    from ramo_stream.serve.labeler_app import build_app as build_labeler
+    from ramo_stream.serve.reward_app import RewardAppArgs
+    from ramo_stream.serve.reward_app import build_app as build_reward
+    from ramo_stream.stream.broker import kafka_session
+    from ramo_stream.train.driver import run_trainer
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "application ready" lines
+    s = settings.serve
+    host = f"[{s.host}]" if ":" in s.host else s.host
+    url = f"http://{host}:{s.port}"
+    stop = threading.Event()
+
+    def on_signal(*_: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: give up on the orderly stop
+            raise KeyboardInterrupt
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    headers = {"Authorization": f"Bearer {s.api_token}"} if s.api_token else {}
+    overrides = flat_settings(settings)
+    failed: Component | None = None
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    with kafka_session(settings) as bootstrap, ray_session(settings):
+        say(f"broker {bootstrap}; Ray up (its logs: {ray_log_dir()}); starting Serve on {url}")
+        quiet = {"enable_access_log": False, "log_level": "WARNING"}
+        serve.start(http_options={"host": s.host, "port": s.port}, logging_config=quiet)
+        try:
+            # The reward service first: it answers (503 until a version exists) while the
+            # labeler loads its grader.
+            serve.run(build_reward(RewardAppArgs(overrides=overrides)), name="reward",
+                      route_prefix="/")  # fmt: skip
+            labeler = serve.run(build_labeler(LabelerAppArgs(overrides=overrides)),
+                                name="labeler", route_prefix=None)  # fmt: skip
+            say(f"labeler and reward service deployed; reward API at {url} (POST /v1/score,"
+                " /v1/compare, /get_reward; GET /v1/models, /health, /metrics)")  # fmt: skip
+            ingest, bridge, trainer = (Component(n) for n in ("ingest", "labeler", "trainer"))
+            bridge.start(lambda ev: _label(settings, bootstrap, labeler, ev))
+            trainer.start(lambda ev: run_trainer(settings, bootstrap, stop_event=ev))
+            if options.files:
+                ingest.start(lambda ev: _ingest(settings, bootstrap, options.files,
+                                                options.limit, ev))  # fmt: skip
+            failed = _watch(settings, bootstrap, url, options, stop, out,
+                            [ingest, bridge, trainer])  # fmt: skip
+            say("stopping: ingest, labeler, then the trainer (it publishes a final version)")
+            ingest.halt(30)
+            bridge.halt(300)
+            trainer.halt(600)
+            final = trainer.result
+            if final is not None and failed is None:
+                served = wait_for_version(url, final.version, headers, timeout_s=60)
+                say(f"final version v{final.version} ({final.samples_seen} pairs trained)"
+                    + ("" if served else "; the reward service had not loaded it yet"))  # fmt: skip
+        finally:
+            serve.shutdown()
+    if failed is not None:
+        print(f"error: {failed.name} failed: {type(failed.error).__name__}: {failed.error}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    say("stopped: Serve, Ray and the broker are down")
+    return 0
+
+
+def _watch(
+    settings: Settings,
+    bootstrap: str,
+    url: str,
+    options: UpOptions,
+    stop: threading.Event,
+    out: TextIO,
+    parts: list[Component],
+) -> Component | None:
+    """Draw the live view until a stop is asked for, the loop is idle, or a part fails."""
+    view = LiveView(settings, bootstrap, url, out)
+    selector = settings.labeling.selector
+    hint = "Ctrl-C stops (a final version is published first)"
+    last_change, last_key = time.monotonic(), None
+    try:
+        while not stop.wait(options.view_every_s):
+            for part in parts:
+                if part.error is not None:
+                    return part
+            if parts[2].thread is not None and not parts[2].running:  # trainer ended itself
+                return None
+            snap = view.draw(selector, hint)
+            key = (snap.pairs, snap.labels, snap.dead_letters, snap.version)
+            if key != last_key:
+                last_change, last_key = time.monotonic(), key
+            idle = options.exit_when_idle_s
+            if idle is not None and not parts[0].running and time.monotonic() - last_change > idle:
+                print(f"nothing moved for {idle:.0f} s: stopping", file=out, flush=True)
+                return None
+        return None
+    finally:
+        view.close()

@@ -1,0 +1,64 @@
+"""The live view's pure parts: the metrics scrape, rates, the lines drawn, demo defaults."""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ramo_stream.cli import build_parser
+from ramo_stream.cli_up import _with_defaults
+from ramo_stream.config import load_settings
+from ramo_stream.up import DEMO_SETTINGS, Snapshot, rate, render, scored_requests
+
+SCRAPE = """\
+# HELP ramo_reward_requests_total HTTP requests by endpoint and status code.
+# TYPE ramo_reward_requests_total counter
+ramo_reward_requests_total{endpoint="/v1/score",status="200"} 7.0
+ramo_reward_requests_total{endpoint="/v1/score",status="503"} 2.0
+ramo_reward_requests_total{endpoint="/get_reward",status="200"} 3.0
+ramo_reward_requests_total{endpoint="/health",status="200"} 40.0
+ramo_reward_requests_total{endpoint="/metrics",status="200"} 9.0
+# HELP ramo_reward_model_version Version new requests get (0: none yet).
+# TYPE ramo_reward_model_version gauge
+ramo_reward_model_version 4.0
+"""
+
+
+def test_scored_requests_counts_scoring_endpoints_only() -> None:
+    assert scored_requests(SCRAPE) == 12
+
+
+def snap(at: float, labels: int, **kw: Any) -> Snapshot:
+    return Snapshot(at, pairs=50, labels=labels, dead_letters=3, scored=0, **kw)
+
+
+def test_rate_is_growth_over_the_window() -> None:
+    history = deque([snap(0.0, 10), snap(5.0, 20), snap(10.0, 40)])
+    assert rate(history, lambda s: s.labels) == 3.0
+    assert rate(deque([snap(0.0, 10)]), lambda s: s.labels) is None
+
+
+def test_render_shows_counts_version_accuracy_and_lag() -> None:
+    created = datetime.now(UTC) - timedelta(seconds=30)
+    now = snap(10.0, 40, version=3, version_created=created, trained=30, labels_read=34,
+               heldout_accuracy=0.75, heldout_size=4)  # fmt: skip
+    lines = "\n".join(render(now, deque([snap(0.0, 20), now]), "random", "http://h:1"))
+    assert "labeled     40" in lines and "dead letters    3" in lines
+    assert "labeling 2.00/s (selector random)" in lines
+    assert "v3, trained on 30 pairs, accuracy 0.750 on 4 held-out pairs" in lines
+    assert "6 labels not in it yet" in lines
+    empty = "\n".join(render(snap(0.0, 0), deque(), "adapter", "http://h:1"))
+    assert "no version yet" in empty and "labeling -" in empty
+
+
+def test_demo_defaults_give_way_to_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAMO_TRAIN__HELDOUT_EVERY", "9")
+    args = build_parser().parse_args(["up", "--demo", "--train-batch-pairs", "8"])
+    settings = _with_defaults(args, load_settings(None, {"train.batch_pairs": 8}), DEMO_SETTINGS)
+    t = settings.train
+    assert t.batch_pairs == 8  # a flag wins
+    assert t.heldout_every == 9  # so does a variable
+    assert t.publish_every_steps == DEMO_SETTINGS["train.publish_every_steps"]  # the rest apply
