@@ -261,7 +261,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """The main job. For now: broker -> ingest the demo pairs -> the gate consumes them."""
+    """The data plane alone: broker -> ingest the demo pairs -> the gate consumes them."""
     from ramo_stream.schemas import ResponsePair
     from ramo_stream.stream.broker import kafka_session
     from ramo_stream.stream.kafka_io import TopicWriter, make_consumer, make_producer
@@ -343,9 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "run",
         cmd_run,
-        "The main job on embedded defaults: start a broker if none is "
-        "configured, ingest the demo pairs (and a few malformed records), and show them "
-        "flowing through the gate.",
+        "The data plane alone (no models): start a broker if none is configured, ingest"
+        " the demo pairs (and a few malformed records), and show them flowing through the"
+        " gate. `ramo up` runs the whole loop.",
     )
     p.add_argument("--file", type=Path, help="Ingest this JSONL file instead of the demo data.")
     p.add_argument(
@@ -399,13 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="Rebuild even if present.")
     p.set_defaults(fn=cmd_models_prepare)
 
-    from ramo_stream import cli_label, cli_score, cli_serve, cli_train, cli_up
+    from ramo_stream import cli_eval, cli_label, cli_score, cli_serve, cli_train, cli_up
 
     cli_up.add_commands(sub, parent)
     cli_label.add_commands(sub, parent)
     cli_train.add_commands(sub, msub, parent)
     cli_serve.add_commands(sub, msub, parent)
     cli_score.add_commands(sub, parent)
+    cli_eval.add_commands(sub, parent)
 
     p = add("rules", cmd_rules, "Validate a rule pool and print its size, categories and hash.")
     p.add_argument("--pool", type=Path, help="Pool YAML (default: paths.rule_pool).")

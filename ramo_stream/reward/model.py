@@ -54,6 +54,16 @@ def format_text(tokenizer: Any, prompt: str | Sequence[ChatMessage], response: s
     return "\n".join(f"{names[m['role']]}: {m['content']}" for m in messages)
 
 
+def torch_dtype(name: str, device: str) -> Any:
+    """A ``serve.dtype`` name as a torch dtype; "auto" is bfloat16 on a GPU and float32 on a
+    CPU, where bf16 matmuls are slow on most chips."""
+    import torch
+
+    if name == "auto":
+        name = "bfloat16" if device == "cuda" else "float32"
+    return getattr(torch, name)
+
+
 def load_reward_model(path: str | Path, dtype: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) from a backbone or a published version.
 

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from ray import serve
 
+from ramo_stream.reward.model import torch_dtype
 from ramo_stream.reward.registry import Registry
 from ramo_stream.serve.reward_batching import (
     BatchItem,
@@ -49,14 +50,6 @@ log = logging.getLogger(__name__)
 class _Table(NamedTuple):
     current: LoadedModel | None
     loaded: dict[int, LoadedModel]  # never mutated: a new table replaces it
-
-
-def torch_dtype(name: str, device: str) -> Any:
-    import torch
-
-    if name == "auto":  # bf16 matmuls are slow on most CPUs; on GPUs they are the norm
-        name = "bfloat16" if device == "cuda" else "float32"
-    return getattr(torch, name)
 
 
 class ModelPool:

@@ -386,7 +386,7 @@ def test_openrlhf_remote_rm_url() -> None:
 
 
 def test_score_file_rows_parse_or_say_why() -> None:
-    from ramo_stream.cli_score import Row, parse_row
+    from ramo_stream.score_rows import Row, parse_row
 
     plain = parse_row(1, '{"prompt": "p", "response": "r"}')
     assert isinstance(plain, Row) and plain.responses == ["r"] and not plain.is_pair
@@ -405,7 +405,8 @@ def test_score_file_rows_parse_or_say_why() -> None:
 
 
 def test_score_file_records_and_accuracy() -> None:
-    from ramo_stream.cli_score import Row, row_records, summary
+    from ramo_stream.cli_score import row_records, summary
+    from ramo_stream.score_rows import Row
 
     rows = [Row(1, "p", ["a", "b"], "s1"), Row(2, "p", ["a", "b"], "s2"), Row(3, "p", ["r"])]
     records = row_records(rows, [2.0, 1.0, 0.5, 0.5, -1.0], [4, 4, 4, 5, 5])
