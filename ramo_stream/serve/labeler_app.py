@@ -6,7 +6,7 @@
 The labeler runs the same ``labeling.Labeler`` as offline labeling, with the adapter and
 grader replaced by proxies that call the other deployments through their handles. Records
 cross the handles as JSON-able dicts. ``build_app`` is the typed builder that
-``deploy/labeler.yaml`` points at.
+``deploy/serve.yaml`` points at.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
@@ -27,7 +27,9 @@ from ramo_stream.schemas import ChatMessage, ResponsePair
 
 
 class LabelerAppArgs(BaseModel):
-    """Arguments of the labeler app (the `args:` of deploy/labeler.yaml)."""
+    """Arguments of the labeler app (the `args:` of deploy/serve.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not ignored
 
     config_file: str | None = Field(default=None, description="ramo settings YAML.")
     overrides: dict[str, Any] = Field(
@@ -145,7 +147,9 @@ class LabelerDeployment:
         return await asyncio.to_thread(self._label, pairs)
 
 
-def build_app(args: LabelerAppArgs) -> Application:
+def build_app(args: LabelerAppArgs | dict[str, Any]) -> Application:
+    if isinstance(args, dict):  # `serve run` and RayService hand the YAML's args over as a dict
+        args = LabelerAppArgs.model_validate(args)
     settings = args.settings()
     grader = GraderDeployment.options(
         num_replicas=args.grader_replicas,

@@ -4,7 +4,7 @@
                --handle--> RewardModelServer (versions, hot reload, @serve.batch;
                                               reward_model_server.py)
 
-``build_app`` is the typed builder that ``deploy/reward.yaml`` and ``ramo serve`` use. The
+``build_app`` is the typed builder that ``deploy/serve.yaml`` and ``ramo serve`` use. The
 settings (section ``serve``, plus ``train.registry`` / ``paths.cache_dir`` for the
 registry) come from ``RewardAppArgs``: a YAML file and dotted overrides.
 """
@@ -20,7 +20,7 @@ from ramo_stream.config import Settings, load_settings
 
 
 class RewardAppArgs(BaseModel):
-    """Arguments of the reward app (the `args:` of deploy/reward.yaml)."""
+    """Arguments of the reward app (the `args:` of deploy/serve.yaml)."""
 
     config_file: str | None = Field(default=None, description="ramo settings YAML.")
     overrides: dict[str, Any] = Field(
