@@ -33,7 +33,7 @@ rest of the machine runs the HTTP stacks and the load generator for (b) and (c) 
     python benchmarks/serve_load.py [--quick] [--backbone all-minilm-l6-v2]
         [--concurrency 1,2,4,8,16,32,64] [--duration-s 8] [--warmup-s 2]
         [--open-rates 0.9,1.8 | --rate R ...] [--max-batch-size 32] [--batch-wait-s 0.005]
-        [--batch-tokens 16384] [--max-ongoing-requests 64] [--replicas 1] [--threads 1]
+        [--batch-tokens N] [--max-ongoing-requests 64] [--replicas 1] [--threads 1]
         [--max-length 512] [--requests 256]
         [--device cpu|cuda] [--config-scale smollm2-1.7b|hidden=2048,layers=24,...]
         [--peak-tflops 989] [--systems b,c] [--no-save]
@@ -895,8 +895,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--batch-tokens",
         type=int,
-        default=16384,
-        help="serve.batch_tokens of (c), and the same cut in (a) (16384, the service default).",
+        default=None,
+        help="serve.batch_tokens of (c), and the same cut in (a) (default: the service's"
+        " default for --device: 16384 on a GPU, max(1024, --max-length) on a CPU).",
     )
     ap.add_argument("--max-ongoing-requests", type=int, default=64)
     ap.add_argument("--replicas", type=int, default=1)
@@ -919,6 +920,11 @@ def parse_args() -> argparse.Namespace:
             if getattr(args, key) == ap.get_default(key):
                 setattr(args, key, value)
     args.systems = set(args.systems.split(","))
+    if args.batch_tokens is None:
+        from ramo_stream.config import ServeSettings
+
+        serve = ServeSettings(max_length=args.max_length)
+        args.batch_tokens = serve.forward_tokens(args.device)
     return args
 
 

@@ -352,11 +352,12 @@ class ServeSettings(_Section):
         description="Requests a reward-model replica takes at once; must be >= max_batch_size"
         " or batches can never fill.",
     )
-    batch_tokens: int = Field(
-        default=16384,
+    batch_tokens: int | None = Field(
+        default=None,
         ge=8,
         description="Token budget of one forward pass: a batch sorted by length is cut into"
-        " sub-batches of rows x padded length <= this.",
+        " sub-batches of rows x padded length <= this. Default: 16384 on a GPU; on a CPU,"
+        " max(1024, max_length), since batching gains nothing there and padding costs.",
     )
     max_length: int = Field(
         default=1024, ge=8, description="Tokens scored per item, kept from the end."
@@ -392,12 +393,18 @@ class ServeSettings(_Section):
             raise ValueError(
                 f"autoscaling_min_replicas={lo} is above autoscaling_max_replicas={hi}"
             )
-        if self.batch_tokens < self.max_length:
+        if self.batch_tokens is not None and self.batch_tokens < self.max_length:
             raise ValueError(
                 f"batch_tokens={self.batch_tokens} cannot hold one item of max_length="
                 f"{self.max_length}; raise batch_tokens or lower max_length"
             )
         return self
+
+    def forward_tokens(self, device: str) -> int:
+        """``batch_tokens``, or its default for ``device`` ("cuda" or "cpu")."""
+        if self.batch_tokens is not None:
+            return self.batch_tokens
+        return 16384 if device == "cuda" else max(1024, self.max_length)
 
     def check_exposure(self) -> None:
         """Refuse to serve on a non-loopback address without a token (raises ValueError)."""

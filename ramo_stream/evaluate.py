@@ -331,7 +331,7 @@ def score_local(
         items += [BatchItem(loaded, prompt, e.chosen), BatchItem(loaded, prompt, e.rejected)]
     hook = None if on_progress is None else (lambda rows, _width, _tokens: on_progress(rows))
     s = settings.serve
-    flat = score_items(items, s.max_length, s.batch_tokens, hook)
+    flat = score_items(items, s.max_length, s.forward_tokens(loaded.device), hook)
     return list(zip(flat[0::2], flat[1::2], strict=True))
 
 

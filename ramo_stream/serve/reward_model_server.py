@@ -166,7 +166,6 @@ class RewardModelServer:
 
         settings = args.settings()
         s = settings.serve
-        self.max_length, self.batch_tokens = s.max_length, s.batch_tokens
         self.metrics = ReplicaMetrics()
         registry = Registry(
             registry_root(settings),
@@ -174,6 +173,7 @@ class RewardModelServer:
             cache_dir=settings.paths.cache_dir / "registry-cache",
         )
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.max_length, self.batch_tokens = s.max_length, s.forward_tokens(device)
         self.pool = ModelPool(registry, registry.cache_dir, s.keep_loaded, device, s.dtype,
                               self.metrics)  # fmt: skip
         self.pool.poll()  # serve the current version from the first request on

@@ -256,3 +256,12 @@ def test_open_address_needs_a_token(no_ramo_env: None, host: str) -> None:
         load_settings(overrides={"serve.host": host}).serve.check_exposure()
     token = "x" * 16
     load_settings(overrides={"serve.host": host, "serve.api_token": token}).serve.check_exposure()
+
+
+def test_forward_token_budget_defaults_by_device() -> None:
+    from ramo_stream.config import ServeSettings
+
+    assert ServeSettings().forward_tokens("cuda") == 16384
+    assert ServeSettings().forward_tokens("cpu") == 1024  # one long item per CPU pass
+    assert ServeSettings(max_length=2048).forward_tokens("cpu") == 2048
+    assert ServeSettings(batch_tokens=4096).forward_tokens("cpu") == 4096  # set: kept
