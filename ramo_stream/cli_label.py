@@ -90,47 +90,67 @@ def cmd_adapter_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bridge_until_stopped(settings: Settings, bootstrap: str, handle: Any, stop: Any,
+                          idle_timeout_s: float | None) -> None:  # fmt: skip
+    from ramo_stream.serve.bridge import make_bridge
+
+    bridge = make_bridge(settings, bootstrap, handle)
+    print(f"labeler: {settings.topics.pairs} -> {settings.topics.labels} "
+          f"(selector {settings.labeling.selector}); Ctrl-C stops", flush=True)  # fmt: skip
+
+    def progress(_: int) -> None:
+        st = bridge.stats
+        print(f"labeled {st.handled}, duplicates {st.duplicates}, "
+              f"dead-lettered {st.dead_lettered}", flush=True)  # fmt: skip
+
+    try:
+        bridge.run(stop=stop, idle_timeout_s=idle_timeout_s, on_progress=progress)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bridge.close()
+
+
 def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
-    """Ray Serve labeler + Kafka bridge, until Ctrl-C (or --idle-timeout)."""
+    """Ray Serve labeler + Kafka bridge, until Ctrl-C (or --idle-timeout).
+
+    With ``--attach APP``, only the bridge: it feeds the labeler app named APP that is
+    already deployed on a running Ray cluster (RAY_ADDRESS, else the local one), and leaves
+    Serve as it found it when it stops.
+    """
+    import os
     import signal
     import threading
 
     import ray
     from ray import serve
 
-    from ramo_stream.serve.bridge import make_bridge
     from ramo_stream.serve.labeler_app import LabelerAppArgs, build_app
     from ramo_stream.stream.broker import kafka_session
 
-    app_args = LabelerAppArgs(
-        overrides=flat_settings(settings),
-        grader_replicas=args.grader_replicas,
-        adapter_replicas=args.adapter_replicas,
-    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with kafka_session(settings) as bootstrap:
+        if args.attach:
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="WARNING")
+            try:
+                handle = serve.get_app_handle(args.attach)
+                _bridge_until_stopped(settings, bootstrap, handle, stop, args.idle_timeout)
+            finally:
+                ray.shutdown()  # disconnects; the cluster and its apps keep running
+            return 0
+        app_args = LabelerAppArgs(
+            overrides=flat_settings(settings),
+            grader_replicas=args.grader_replicas,
+            adapter_replicas=args.adapter_replicas,
+        )
         ray.init(include_dashboard=False, logging_level="WARNING")
         try:
             serve.start(
                 http_options={"host": "127.0.0.1"}, logging_config={"enable_access_log": False}
             )
             handle = serve.run(build_app(app_args), name="labeler", route_prefix=None)
-            bridge = make_bridge(settings, bootstrap, handle)
-            print(f"labeler: {settings.topics.pairs} -> {settings.topics.labels} "
-                  f"(selector {settings.labeling.selector}); Ctrl-C stops", flush=True)  # fmt: skip
-
-            def progress(_: int) -> None:
-                st = bridge.stats
-                print(f"labeled {st.handled}, duplicates {st.duplicates}, "
-                      f"dead-lettered {st.dead_lettered}", flush=True)  # fmt: skip
-
-            try:
-                bridge.run(stop=stop, idle_timeout_s=args.idle_timeout, on_progress=progress)
-            except KeyboardInterrupt:
-                pass
-            finally:
-                bridge.close()
+            _bridge_until_stopped(settings, bootstrap, handle, stop, args.idle_timeout)
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -144,6 +164,10 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--grader-replicas", type=int, default=1, help="Grader replicas (default 1).")
     p.add_argument("--adapter-replicas", type=int, default=1, help="Adapter replicas (default 1).")
     p.add_argument("--idle-timeout", type=float, help="Stop after this many idle seconds.")
+    p.add_argument("--attach", metavar="APP", help="Run only the Kafka bridge, feeding the"
+                   " labeler app APP already deployed on a running Ray cluster (RAY_ADDRESS,"
+                   " e.g. ray://head:10001, else the local one); e.g. the RayService's"
+                   " `labeler` app. Serve is left running when it stops.")  # fmt: skip
     p.set_defaults(fn=cmd_labeler)
 
     p = sub.add_parser("label", parents=[parent], help="Label a JSONL file of pairs offline "

@@ -99,3 +99,58 @@ def test_pairs_in_labels_out_failures_dead_lettered(
     c.close(autocommit=False)
     assert committed == len(values)  # every record's offset committed, none before its ack
     assert json.loads(labels[0].model_dump_json())["labeler"] == "ramo"
+
+
+def test_attach_runs_only_the_bridge_and_leaves_the_app_running(
+    ray_cluster: None, broker: str, new_topic: Callable[..., str], models_dir: Path, tmp_path: Path
+) -> None:
+    """`ramo labeler --attach APP` in another process feeds an app deployed here, as the
+    bridge Deployment feeds the RayService's app, and leaves it deployed."""
+    import os
+    import subprocess
+    import sys
+
+    from ray import serve
+
+    from ramo_stream.config import flat_settings
+    from ramo_stream.serve.labeler_app import LabelerAppArgs, build_app
+
+    pairs_topic, labels_topic, dlq = new_topic(2), new_topic(2), new_topic(1)
+    overrides = {
+        "kafka.bootstrap_servers": broker,
+        "topics.pairs": pairs_topic, "topics.labels": labels_topic, "topics.dlq": dlq,
+        "paths.cache_dir": str(tmp_path),
+        "models.grader": str(models_dir / "smollm2-135m-instruct"),
+        "labeling.selector": "random", "labeling.k": 2,
+    }  # fmt: skip
+    settings = load_settings(overrides=overrides)
+    pairs = [
+        ResponsePair(prompt=f"Is it safe to mix {a} and {b}?", response_a="No, never.",
+                     response_b="Sure.", source="test")
+        for a, b in (("bleach", "ammonia"), ("water", "salt"), ("vinegar", "baking soda"))
+    ]  # fmt: skip
+    producer = make_producer(broker, KafkaSettings())
+    writer = TopicWriter(producer)
+    for p in pairs:
+        writer.send(pairs_topic, p, key=p.pair_id)
+    writer.flush()
+    producer.close()
+
+    app = "labeler-attached"
+    serve.run(build_app(LabelerAppArgs(overrides=flat_settings(settings))), name=app,
+              route_prefix=None)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAMO_", "RAY_ADDRESS"))}
+    env.update({"RAMO_" + k.upper().replace(".", "__"): str(v) for k, v in overrides.items()})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ramo_stream.cli", "labeler", "--attach", app,
+             "--idle-timeout", "8"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        labels = [LabeledPair.model_validate_json(v) for v in read_all(broker, labels_topic)]
+        assert sorted(lp.pair_id for lp in labels) == sorted(p.pair_id for p in pairs)
+        assert all(lp.selector == "random" for lp in labels)
+        assert serve.status().applications[app].status == "RUNNING"  # left as it was
+    finally:
+        serve.delete(app)

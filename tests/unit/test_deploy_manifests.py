@@ -16,7 +16,7 @@ import os
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
-from types import FunctionType, SimpleNamespace
+from types import FunctionType
 from typing import Any, get_args, get_type_hints
 from unittest import mock
 
@@ -401,66 +401,22 @@ def test_rayjob_runs_ramo_train() -> None:
     assert build_parser().parse_args(argv[1:]).fn is cmd_train
 
 
-def _bridge_namespace() -> dict[str, Any]:
-    (cm,) = [m for m in _resources("ConfigMap") if "bridge.py" in m.get("data", {})]
-    ns: dict[str, Any] = {"__name__": "ramo_bridge"}
-    exec(compile(cm["data"]["bridge.py"], "bridge.py", "exec"), ns)  # imports must resolve
-    return ns
+def test_bridge_attaches_to_the_rayservice_labeler() -> None:
+    """The bridge Deployment runs `ramo labeler --attach APP` for the RayService's labeler
+    app, through the RayService's Ray Client address, with the Kafka cluster configured."""
+    from ramo_stream.cli import build_parser
+    from ramo_stream.cli_label import cmd_labeler
 
-
-def test_bridge_drives_the_rayservice_labeler() -> None:
-    """bridge.py with Ray and Kafka replaced by fakes that hold it to the real signatures."""
-    pytest.importorskip("ray.serve", reason="the serve extra is not installed")
-    from ramo_stream.serve.bridge import make_bridge
-    from ramo_stream.stream.processor import ProcessorStats, StreamProcessor
-
-    ns = _bridge_namespace()
     (deployment,) = [r for r in RAMO_WORKLOADS if r["kind"] == "Deployment"]
+    (container,) = _containers(deployment)
+    args = build_parser().parse_args(container["command"][1:])
+    assert container["command"][0] == "ramo" and args.fn is cmd_labeler
     (rs,) = _resources("RayService")
     apps = {a["name"]: a for a in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]}
-    assert apps[ns["APP"]]["import_path"] == LABELER_BUILDER
-    env = _env(deployment, _containers(deployment)[0])
+    assert apps[args.attach]["import_path"] == LABELER_BUILDER
+    env = _env(deployment, container)
     assert env["RAY_ADDRESS"] == f"ray://{rs['metadata']['name']}-head-svc:10001"
-
-    calls: dict[str, Any] = {}
-
-    class FakeBridge:
-        stats = ProcessorStats()
-
-        def run(self, **kwargs: Any) -> None:
-            inspect.signature(StreamProcessor.run).bind(self, **kwargs)
-            kwargs["on_progress"](1)
-
-        def close(self) -> None:
-            calls["closed"] = True
-
-    def fake_make_bridge(*args: Any, **kwargs: Any) -> FakeBridge:
-        inspect.signature(make_bridge).bind(*args, **kwargs)
-        calls["bridge"] = args
-        return FakeBridge()
-
-    @contextlib.contextmanager
-    def fake_session(settings: Settings) -> Iterator[str]:
-        yield str(settings.kafka.bootstrap_servers)
-
-    ns.update(
-        ray=SimpleNamespace(init=lambda *a, **k: calls.setdefault("init", True)),
-        serve=SimpleNamespace(get_app_handle=lambda name: f"handle:{name}"),
-        kafka_session=fake_session,
-        make_bridge=fake_make_bridge,
-        signal=SimpleNamespace(signal=lambda *a: None, SIGTERM=15),
-    )
-    with _environ(env):
-        assert ns["main"]() == 0
-    _, bootstrap, handle = calls["bridge"]
-    assert (bootstrap, handle) == (env["RAMO_KAFKA__BOOTSTRAP_SERVERS"], "handle:labeler")
-    assert calls["closed"]
-
-    calls.clear()
-    no_kafka = {k: v for k, v in env.items() if k != "RAMO_KAFKA__BOOTSTRAP_SERVERS"}
-    with _environ(no_kafka):
-        assert ns["main"]() == 2
-    assert "bridge" not in calls
+    assert env.get("RAMO_KAFKA__BOOTSTRAP_SERVERS")  # never an embedded broker in a pod
 
 
 def test_topics_are_the_settings_topics() -> None:
