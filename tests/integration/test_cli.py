@@ -107,7 +107,7 @@ def test_ingest_bad_lines_land_on_dlq_with_original_bytes(
 
 
 def test_main_job_runs_on_embedded_defaults(tmp_path: Path) -> None:
-    """The README's `run` command: starts its own broker, demo pairs flow, bad ones DLQ'd."""
+    """`ramo run`, the data plane alone: its own broker, demo pairs flow, bad ones DLQ'd."""
     out = ramo("run", env=clean_env(tmp_path), timeout=180)
     assert out.returncode == 0, out.stderr
     assert "accepted 40 -> ramo.pairs" in out.stdout

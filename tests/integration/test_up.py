@@ -1,6 +1,6 @@
-"""`ramo up` end to end: its own broker, a real local Ray, the labeler, the trainer and the
-reward service, with tiny real models; pairs in, labels out, versions published and
-served, then Ctrl-C and nothing left running."""
+"""`ramo up --demo` end to end: its own broker, a real local Ray, the labeler, the trainer
+and the reward service, with tiny real models; pairs in, labels out, versions published
+and served, then Ctrl-C and nothing left running."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import pytest
 
 from ramo_stream.reward.registry import Registry
 from ramo_stream.stream.broker import free_port
-from ramo_stream.up import demo_files
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +40,10 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cache = tmp_path / "cache"
-    pairs, malformed = demo_files()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAMO_", "RAY_ADDRESS"))}
     cmd = [
-        sys.executable, "-m", "ramo_stream.cli", "up", "--file",
-        str(pairs), "--file", str(malformed), "--limit", str(PAIRS), "--view-every", "1",
+        sys.executable, "-m", "ramo_stream.cli", "up", "--demo", "--limit", str(PAIRS),
+        "--view-every", "1",
         "--paths-cache-dir", str(cache), "--serve-port", str(port),
         "--models-grader", str(models_dir / "smollm2-135m-instruct"),
         "--models-encoder", str(models_dir / "all-minilm-l6-v2"),
