@@ -2,8 +2,9 @@
 
 One run, side by side:
 
-- baseline: the labeler alone, offline (``ramo label`` on the same pairs, same selector, k,
-  grader and threads): how fast pairs can be labeled on this machine when nothing else runs.
+- baseline: the labeler alone, offline (``ramo label`` on the same pairs, same selector, k
+  and grader, one torch thread as the grader replica has): how fast pairs can be labeled on
+  this machine when nothing else runs.
 - the loop: ``ramo up --file PAIRS`` (broker, Ray, labeler service, trainer, reward service),
   stopped in order once idle. Labeling is the slow stage on a CPU, so loop pairs/s divided
   by labeler-alone pairs/s is the share of labeling throughput the loop keeps while it also
@@ -71,6 +72,8 @@ def run_labeler_alone(args: argparse.Namespace, common: list[str], tmp: Path) ->
         [sys.executable, "-m", "ramo_stream.cli", "label", str(args.data), str(out),
          "--limit", str(args.pairs), *common],
         capture_output=True, text=True,
+        # one torch thread, as the grader replica gets under Ray (num_cpus 1)
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     elapsed = time.monotonic() - started
     if done.returncode != 0:
