@@ -421,7 +421,9 @@ def _watch(
     out: TextIO,
     parts: list[Component],
 ) -> Component | None:
-    """Draw the live view until a stop is asked for, the loop is idle, or a part fails."""
+    """Draw the live view until a stop is asked for, the loop is idle, or a part fails
+    (returned). ``parts``: ingest, labeler bridge, trainer."""
+    ingest, _, trainer = parts
     view = LiveView(settings, bootstrap, url, out)
     selector = settings.labeling.selector
     hint = "Ctrl-C stops (a final version is published first)"
@@ -431,14 +433,14 @@ def _watch(
             for part in parts:
                 if part.error is not None:
                     return part
-            if parts[2].thread is not None and not parts[2].running:  # trainer ended itself
-                return None
+            if trainer.thread is not None and not trainer.running:  # it stopped by itself
+                return None  # (train.idle_stop_s or train.max_steps)
             snap = view.draw(selector, hint)
             key = (snap.pairs, snap.labels, snap.dead_letters, snap.version)
             if key != last_key:
                 last_change, last_key = time.monotonic(), key
             idle = options.exit_when_idle_s
-            if idle is not None and not parts[0].running and time.monotonic() - last_change > idle:
+            if idle is not None and not ingest.running and time.monotonic() - last_change > idle:
                 print(f"nothing moved for {idle:.0f} s: stopping", file=out, flush=True)
                 return None
         return None
