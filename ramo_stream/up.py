@@ -372,7 +372,7 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    with kafka_session(settings) as bootstrap, ray_session(settings):
+    with kafka_session(settings, announce=True) as bootstrap, ray_session(settings):
         say(f"broker {bootstrap}; Ray up (its logs: {ray_log_dir()}); starting Serve on {url}")
         quiet = {"enable_access_log": False, "log_level": "WARNING"}
         serve.start(http_options={"host": s.host, "port": s.port}, logging_config=quiet)

@@ -202,8 +202,12 @@ def running_broker(settings: Settings) -> str | None:
 
 
 @contextlib.contextmanager
-def kafka_session(settings: Settings) -> Iterator[str]:
-    """Yield bootstrap servers with the topics created; start a broker only when needed."""
+def kafka_session(settings: Settings, announce: bool = False) -> Iterator[str]:
+    """Yield bootstrap servers with the topics created; start a broker only when needed.
+
+    ``announce``: a broker started here is written to the state file, as `ramo broker`'s
+    is, so other `ramo` commands on this machine use it while this one runs.
+    """
     configured = settings.kafka.bootstrap_servers or running_broker(settings)
     if configured:
         ensure_topics(configured, settings.topics)
@@ -219,8 +223,16 @@ def kafka_session(settings: Settings) -> Iterator[str]:
     with broker:
         log.warning(
             "no kafka.bootstrap_servers and no `ramo broker` running: started an embedded "
-            "broker on %s for this command (its data ends with it)",
+            "broker on %s for this command (its data ends with it)%s",
             broker.bootstrap,
+            "; other `ramo` commands on this machine use it meanwhile" if announce else "",
         )
         ensure_topics(broker.bootstrap, settings.topics)
-        yield broker.bootstrap
+        if not announce:
+            yield broker.bootstrap
+            return
+        write_state(settings, broker)
+        try:
+            yield broker.bootstrap
+        finally:
+            clear_state(settings)

@@ -83,6 +83,16 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
             time.sleep(1)
         assert proc.poll() is None, f"ramo up exited early:\n{log_path.read_text()[-4000:]}"
         assert len(registry.versions()) >= 2, f"no two versions:\n{log_path.read_text()[-4000:]}"
+        # Other commands find the broker `ramo up` started: the 4 malformed demo lines are
+        # on the dead-letter topic, each with its reason.
+        tail = subprocess.run(
+            [sys.executable, "-m", "ramo_stream.cli", "tail", "dlq", "--from-beginning",
+             "--max", "4", "--timeout", "10", "--paths-cache-dir", str(cache)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert tail.returncode == 0, tail.stderr
+        assert "started an embedded broker" not in tail.stderr
+        assert len(tail.stdout.strip().splitlines()) == 4, tail.stdout
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         rc = proc.wait(timeout=600)
     finally:
