@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ramo_stream.score_rows import parse_row
+from ramo_stream.score_rows import parse_row, read_parsed
 
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
     "chat": (
@@ -110,20 +110,7 @@ def parse_example(line: int, raw: str) -> Example | str:
 
 def read_examples(path: Path, limit: int | None = None) -> tuple[list[Example], list[str]]:
     """The examples of the first ``limit`` non-blank lines, and the reasons of bad lines."""
-    examples: list[Example] = []
-    errors: list[str] = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            if limit is not None and len(examples) + len(errors) >= limit:
-                break
-            parsed = parse_example(no, raw)
-            if isinstance(parsed, Example):
-                examples.append(parsed)
-            else:
-                errors.append(parsed)
-    return examples, errors
+    return read_parsed(path, limit, parse_example)
 
 
 # ---- aggregation (pure) ----------------------------------------------------------------------

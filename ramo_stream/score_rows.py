@@ -5,13 +5,16 @@ and ``ramo eval``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
 from ramo_stream.schemas import MAX_TEXT_CHARS, Prompt, describe_validation_error
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,18 +64,26 @@ def parse_row(line: int, raw: str) -> Row | str:
     return Row(line, wire, texts, str(subset) if subset is not None else None)
 
 
-def read_rows(path: Path, limit: int | None) -> tuple[list[Row], list[str]]:
-    rows: list[Row] = []
+def read_parsed(
+    path: Path, limit: int | None, parse: Callable[[int, str], T | str]
+) -> tuple[list[T], list[str]]:
+    """``parse`` applied to the first ``limit`` non-blank lines: what parsed, and the
+    reasons of the lines that did not (``parse`` returns a reason as a str)."""
+    parsed: list[T] = []
     rejected: list[str] = []
     with path.open(encoding="utf-8", errors="replace") as f:
         for no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            if limit is not None and len(rows) + len(rejected) >= limit:
+            if limit is not None and len(parsed) + len(rejected) >= limit:
                 break
-            parsed = parse_row(no, raw)
-            if isinstance(parsed, Row):
-                rows.append(parsed)
+            one = parse(no, raw)
+            if isinstance(one, str):
+                rejected.append(one)
             else:
-                rejected.append(parsed)
-    return rows, rejected
+                parsed.append(one)
+    return parsed, rejected
+
+
+def read_rows(path: Path, limit: int | None) -> tuple[list[Row], list[str]]:
+    return read_parsed(path, limit, parse_row)
