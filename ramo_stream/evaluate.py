@@ -25,14 +25,13 @@ service (``score_remote``) takes a ``RewardClient``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ramo_stream.score_rows import parse_row, read_parsed
+from ramo_stream.score_rows import load_object, read_parsed, row_from
 
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
     "chat": (
@@ -84,12 +83,9 @@ class Example:
 
 def parse_example(line: int, raw: str) -> Example | str:
     """An Example, or why line ``line`` cannot be one (naming the line and the field)."""
-    try:
-        d = json.loads(raw)
-    except json.JSONDecodeError as e:
-        return f"line {line}: not JSON ({e})"
-    if not isinstance(d, dict):
-        return f"line {line}: expected a JSON object, got {type(d).__name__}"
+    d = load_object(line, raw)
+    if isinstance(d, str):
+        return d
     missing = [k for k in REQUIRED if k not in d]
     if missing:
         return (
@@ -100,7 +96,7 @@ def parse_example(line: int, raw: str) -> Example | str:
     subset = d["subset"]
     if not isinstance(subset, str) or not subset.strip():
         return f"line {line}: subset must be a non-empty string (got {subset!r})"
-    row = parse_row(line, raw)  # prompt and texts are checked as `ramo score` checks them
+    row = row_from(line, d)  # prompt and texts are checked as `ramo score` checks them
     if isinstance(row, str):
         return row
     chosen, rejected = row.responses

@@ -36,14 +36,25 @@ _PROMPT = TypeAdapter(Prompt)
 _RESPONSE = TypeAdapter(Annotated[str, Field(max_length=MAX_TEXT_CHARS)])
 
 
-def parse_row(line: int, raw: str) -> Row | str:
-    """A Row, or the reason the line cannot be scored."""
+def load_object(line: int, raw: str) -> dict[str, Any] | str:
+    """The JSON object on line ``line``, or why it is not one."""
     try:
         d = json.loads(raw)
     except json.JSONDecodeError as e:
         return f"line {line}: not JSON ({e})"
     if not isinstance(d, dict):
         return f"line {line}: expected a JSON object, got {type(d).__name__}"
+    return d
+
+
+def parse_row(line: int, raw: str) -> Row | str:
+    """A Row, or the reason the line cannot be scored."""
+    d = load_object(line, raw)
+    return d if isinstance(d, str) else row_from(line, d)
+
+
+def row_from(line: int, d: dict[str, Any]) -> Row | str:
+    """A Row from a line's JSON object, or the reason it cannot be scored."""
     keys = ["chosen", "rejected"] if ("chosen" in d or "rejected" in d) else ["response"]
     missing = [k for k in ["prompt", *keys] if k not in d]
     if missing:
