@@ -48,25 +48,6 @@ RESULTS = Path(__file__).parent / "results"
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl"
 
 
-def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` (value, partition, offset, timestamp in ms)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    out: list[Any] = []
-    for _ in range(200):
-        for batch in c.poll(timeout_ms=300).values():
-            out.extend(batch)
-        highs = [c.highwater(tp) for tp in tps]
-        if all(h is not None and c.position(tp) >= h for tp, h in zip(tps, highs, strict=True)):
-            break
-    c.close()
-    return out
-
-
 def run_labeler_alone(args: argparse.Namespace, common: list[str], tmp: Path) -> dict[str, Any]:
     out = tmp / "offline_labels.jsonl"
     started = time.monotonic()
@@ -97,6 +78,7 @@ def run_loop(args: argparse.Namespace, common: list[str], tmp: Path) -> dict[str
     from ramo_stream.reward.registry import Registry
     from ramo_stream.schemas import LabeledPair
     from ramo_stream.stream.broker import EmbeddedBroker, free_port
+    from ramo_stream.stream.kafka_io import read_topic
 
     registry_dir = tmp / "registry"
     with EmbeddedBroker(port=0, log_path=tmp / "broker.log") as broker:

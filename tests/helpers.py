@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+
+from ramo_stream.stream.kafka_io import read_topic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -20,18 +21,5 @@ def shared_file(name: str) -> Path:
 
 
 def read_all(broker: str, topic: str) -> list[bytes]:
-    """Every value on a topic, read without a group, up to the fetch high watermarks
-    (tansu's end_offsets() stops short of the last batch)."""
-    c = KafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    out: list[bytes] = []
-    for _ in range(120):
-        for batch in c.poll(timeout_ms=500).values():
-            out.extend(m.value for m in batch)
-        highs = [c.highwater(tp) for tp in tps]
-        if all(h is not None and c.position(tp) >= h for tp, h in zip(tps, highs, strict=True)):
-            break
-    c.close()
-    return out
+    """Every value on a topic, read without a group up to the fetch high watermarks."""
+    return [m.value for m in read_topic(broker, topic)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
 from ramo_stream.config import KafkaSettings
@@ -77,3 +77,22 @@ class TopicWriter:
         for future in pending:
             future.get(timeout=timeout_s)  # raises the broker's error, if any
         return len(pending)
+
+
+def read_topic(bootstrap: str, topic: str, polls: int = 120) -> list[Any]:
+    """Every record of ``topic`` (ConsumerRecords: value, partition, offset, timestamp),
+    read without a group up to the fetch high watermarks (tansu's end_offsets() stops
+    short of the last batch). For tests, benchmarks and tools, not the data path."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    out: list[Any] = []
+    for _ in range(polls):
+        for batch in c.poll(timeout_ms=500).values():
+            out.extend(batch)
+        highs = [c.highwater(tp) for tp in tps]
+        if all(h is not None and c.position(tp) >= h for tp, h in zip(tps, highs, strict=True)):
+            break
+    c.close()
+    return out
