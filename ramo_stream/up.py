@@ -253,8 +253,8 @@ def cpus_needed(settings: Settings) -> float:
     from ramo_stream.serve.labeler_app import LabelerAppArgs
     from ramo_stream.serve.reward_app import RewardAppArgs
 
-    lab, rew, s, t = LabelerAppArgs(), RewardAppArgs(), settings.serve, settings.train
-    labeler = lab.grader_cpus + 0.25 + 0.25  # grader, adapter, labeler deployments
+    rew, s, t = RewardAppArgs(), settings.serve, settings.train
+    labeler = LabelerAppArgs().reserved_cpus()
     replicas = s.autoscaling_min_replicas or s.replicas
     reward = rew.ingress_cpus + s.replica_cpus * replicas
     return labeler + reward + t.workers * (t.worker_cpus or 1.0)

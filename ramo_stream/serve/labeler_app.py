@@ -25,6 +25,8 @@ from ramo_stream.config import Settings, load_settings
 from ramo_stream.grading.base import AnswerProbs, GradeRequest
 from ramo_stream.schemas import ChatMessage, ResponsePair
 
+AUX_CPUS = 0.25  # per Rule Adapter and labeler (orchestration) replica
+
 
 class LabelerAppArgs(BaseModel):
     """Arguments of the labeler app (the `args:` of deploy/serve.yaml)."""
@@ -40,6 +42,12 @@ class LabelerAppArgs(BaseModel):
     labeler_replicas: int = Field(default=1, ge=1, description="Labeler (orchestration).")
     grader_cpus: float = Field(default=1.0, gt=0, description="CPUs reserved per grader replica.")
     grader_gpus: float = Field(default=0.0, ge=0, description="GPUs per grader replica.")
+
+    def reserved_cpus(self) -> float:
+        """Ray CPUs the app reserves, at most: the Rule Adapter's replicas are counted even
+        when the selector does not deploy them."""
+        aux = self.labeler_replicas + self.adapter_replicas
+        return self.grader_cpus * self.grader_replicas + AUX_CPUS * aux
 
     def settings(self) -> Settings:
         return load_settings(self.config_file, self.overrides)
@@ -158,8 +166,8 @@ def build_app(args: LabelerAppArgs | dict[str, Any]) -> Application:
     adapter = None
     if settings.labeling.selector == "adapter":
         adapter = RuleAdapterDeployment.options(
-            num_replicas=args.adapter_replicas, ray_actor_options={"num_cpus": 0.25}
+            num_replicas=args.adapter_replicas, ray_actor_options={"num_cpus": AUX_CPUS}
         ).bind(args)
     return LabelerDeployment.options(
-        num_replicas=args.labeler_replicas, ray_actor_options={"num_cpus": 0.25}
+        num_replicas=args.labeler_replicas, ray_actor_options={"num_cpus": AUX_CPUS}
     ).bind(args, grader, adapter)

@@ -8,9 +8,11 @@ return. A second Ctrl-C aborts at once; what the last version recorded is still 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,35 @@ def _stop_flag_class() -> Any:
             return self.stopped
 
     return StopFlag
+
+
+@contextlib.contextmanager
+def _stop_requests(flag: Any, stop_event: threading.Event | None) -> Iterator[None]:
+    """Route stop requests to the stop-flag actor: from ``stop_event`` when given (a caller
+    running the trainer in a thread), else from Ctrl-C / SIGTERM, restored afterwards."""
+    if stop_event is not None:
+
+        def relay() -> None:
+            stop_event.wait()
+            flag.set.remote()
+
+        threading.Thread(target=relay, name="ramo-trainer-stop", daemon=True).start()
+        yield
+        return
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        print("stopping: draining and publishing a final version (Ctrl-C again aborts)",
+              flush=True)  # fmt: skip
+        flag.set.remote()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    old_int = signal.signal(signal.SIGINT, request_stop)
+    old_term = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
 
 
 def registry_root(settings: Settings) -> str:
@@ -95,27 +126,6 @@ def run_trainer(
           f"publishing to {config['registry']}; Ctrl-C publishes a final version and stops",
           flush=True)  # fmt: skip
 
-    if stop_event is not None:
-
-        def relay() -> None:
-            stop_event.wait()
-            stop.set.remote()
-
-        threading.Thread(target=relay, name="ramo-trainer-stop", daemon=True).start()
+    with _stop_requests(stop, stop_event):
         trainer.fit()
-        return Registry(config["registry"]).current()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        print("stopping: draining and publishing a final version (Ctrl-C again aborts)",
-              flush=True)  # fmt: skip
-        stop.set.remote()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    old_int = signal.signal(signal.SIGINT, request_stop)
-    old_term = signal.signal(signal.SIGTERM, request_stop)
-    try:
-        trainer.fit()
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
     return Registry(config["registry"]).current()
