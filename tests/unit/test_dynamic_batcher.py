@@ -40,8 +40,10 @@ def test_items_arriving_during_a_forward_all_join_the_next_batch() -> None:
         batcher = DynamicBatcher(scorer, max_batch_size=32, wait_s=0.001)
         first = asyncio.ensure_future(batcher.submit(0))
         await wait_started(scorer)  # the model is busy with [0]
-        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 11)]
-        await asyncio.sleep(0.05)  # far past wait_s: a batcher that did not wait would split
+        rest = []
+        for i in range(1, 11):  # one by one, each far past wait_s after the one before:
+            rest.append(asyncio.ensure_future(batcher.submit(i)))  # a batcher that formed
+            await asyncio.sleep(0.01)  # batches while the model is busy would split them
         scorer.release.set()
         return await asyncio.gather(first, *rest), scorer
 
