@@ -191,11 +191,12 @@ def tokenizer_of(folder: Path) -> tuple[Any, int]:
 
 
 def upper_bound(
-    folder: Path, items: list[tuple[str, str]], args: argparse.Namespace
-) -> tuple[dict, dict]:
+    folder: Path, items: list[tuple[str, str]], args: argparse.Namespace, single: bool = True
+) -> tuple[dict, dict | None]:
     """(a): items/s of length-sorted forwards in batches of --max-batch-size (each cut by
-    --batch-tokens as the service cuts its batches), whole passes over the pool; and the
-    same with batches of one (what batching can gain on this machine at most)."""
+    --batch-tokens and --pass-overhead as the service cuts its batches), whole passes over
+    the pool; with ``single``, the same with batches of one (what batching can gain on this
+    machine at most) and the measured cost of a forward pass besides its tokens."""
     import torch
 
     from ramo_stream.reward.model import encode, format_text, rewards
@@ -211,7 +212,8 @@ def upper_bound(
         out = [0.0] * len(texts)
         for i in range(0, len(order), bs):
             chunk = order[i : i + bs]
-            for group in plan_sub_batches([lengths[j] for j in chunk], args.batch_tokens):
+            sizes = [lengths[j] for j in chunk]
+            for group in plan_sub_batches(sizes, args.batch_tokens, args.pass_overhead):
                 rows = [chunk[g] for g in group]
                 enc = encode(tok, [texts[j] for j in rows], limit)
                 batch = {k: v.to(args.device) for k, v in enc.items()}
@@ -235,9 +237,35 @@ def upper_bound(
 
     batched = timed(args.max_batch_size)
     batched["params"] = sum(p.numel() for p in model.parameters())
-    single = timed(1)
-    single.pop("scores")
-    return batched, single
+    if not single:
+        return batched, None
+    one = timed(1)
+    one.pop("scores")
+    batched["pass_overhead"] = pass_overhead(model, len(tok), args.device)
+    return batched, one
+
+
+def pass_overhead(model: Any, vocab: int, device: str, long: int = 256) -> dict[str, float]:
+    """What one forward pass costs besides its tokens: from the fastest of 5 passes of one
+    row at 16 and at ``long`` tokens, cost = overhead + per-token x tokens."""
+    import torch
+
+    def fastest(width: int) -> float:
+        ids = torch.randint(100, vocab, (1, width), device=device)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(6):  # the first is a warm-up for this shape
+                t0 = time.perf_counter()
+                model(**batch)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t0)
+        return best
+
+    short_s, long_s = fastest(16), fastest(long)
+    per_token = max(1e-12, (long_s - short_s) / (long - 16))
+    return {"seconds": short_s - 16 * per_token, "tokens": short_s / per_token - 16}
 
 
 # --- (b) the plain server (this file, run with --serve-baseline) --------------------------
@@ -371,6 +399,7 @@ def reward_service(registry: Path, cache: Path, args: argparse.Namespace) -> Any
         "serve.replica_cpus": float(args.threads),
         "serve.max_length": args.max_length,
         "serve.batch_tokens": args.batch_tokens,
+        "serve.pass_overhead_tokens": args.pass_overhead,
     }
     cpus = max(os.cpu_count() or 1, args.replicas * args.threads + 1)  # logical Ray CPUs
     t0 = time.monotonic()
@@ -401,8 +430,9 @@ def service_counters(url: str) -> dict[str, float]:
         "ramo_reward_forward_passes_total": "forwards",
         'ramo_reward_tokens_total{kind="real"}': "real",
         'ramo_reward_tokens_total{kind="padding"}': "padding",
+        "ramo_reward_model_busy_seconds_total": "busy",
     }
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"at": time.perf_counter()}
     with contextlib.suppress(httpx.HTTPError):
         for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
             name, _, value = line.rpartition(" ")
@@ -497,6 +527,7 @@ async def closed_loop(
         d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
         row["mean_batch"] = d["items"] / d["batches"]
         row["padding_frac"] = d["padding"] / max(1.0, d["real"] + d["padding"])
+        row["model_busy"] = d["busy"] / d["at"]  # of the time, the model was scoring
     return row
 
 
@@ -657,12 +688,18 @@ def at(side: dict | None, clients: int) -> dict | None:
     return next((r for r in side["closed"] if r["clients"] == clients), None) if side else None
 
 
+def upper(res: dict) -> float | None:
+    """(a)'s items/s: the mean of its runs before and after the servers."""
+    runs = [res[k]["items_per_s"] for k in ("a", "a_end") if res.get(k)]
+    return sum(runs) / len(runs) if runs else None
+
+
 def ratios(res: dict) -> dict[str, float | None]:
-    a, b, c = res.get("a"), at(res.get("b"), RATIO_AT), at(res.get("c"), RATIO_AT)
+    a, b, c = upper(res), at(res.get("b"), RATIO_AT), at(res.get("c"), RATIO_AT)
     return {
-        "c_over_a": c["req_per_s"] / a["items_per_s"] if a and c else None,
+        "c_over_a": c["req_per_s"] / a if a and c else None,
         "c_over_b": c["req_per_s"] / b["req_per_s"] if b and c and b["req_per_s"] else None,
-        "a_over_b": a["items_per_s"] / b["req_per_s"] if a and b and b["req_per_s"] else None,
+        "a_over_b": a / b["req_per_s"] if a and b and b["req_per_s"] else None,
     }
 
 
@@ -672,6 +709,7 @@ def mfu(tokens_per_s: float, params: int, peak_tflops: float) -> float:
 
 def report(res: dict, args: argparse.Namespace) -> str:
     a, a1, b, c = res.get("a"), res.get("a1"), res.get("b"), res.get("c")
+    a_end, a_ips = res.get("a_end"), upper(res)
     r = ratios(res)
     gpu = args.device == "cuda"
     s = res["settings"]
@@ -690,8 +728,9 @@ def report(res: dict, args: argparse.Namespace) -> str:
         f"tokens (median {s['median_tokens']:.0f}, max {s['max_tokens']})",
         f"service (c): max_batch_size {args.max_batch_size}, batch_wait_timeout_s "
         f"{args.batch_wait_s:g}, max_ongoing_requests {args.max_ongoing_requests}, replicas "
-        f"{args.replicas}, batch_tokens {args.batch_tokens}; (a): the whole pool sorted by "
-        f"length, in batches of {args.max_batch_size} cut to batch_tokens as (c) cuts them",
+        f"{args.replicas}, batch_tokens {args.batch_tokens}, pass_overhead_tokens "
+        f"{args.pass_overhead}; (a): the whole pool sorted by length, in batches of "
+        f"{args.max_batch_size} cut as (c) cuts them",
         f"closed loop: {args.warmup_s:g} s warm-up + {args.duration_s:g} s measured per point;"
         f" open loop: {args.open_duration_s:g} s of Poisson arrivals per rate",
         "",
@@ -704,9 +743,21 @@ def report(res: dict, args: argparse.Namespace) -> str:
         lines += [
             f"(a) upper bound, batched forward, no server: **{a['items_per_s']:.1f} "
             f"items/s**{tok}{peak} ({a['passes']} pass(es) over the pool, {a['seconds']:.0f} s)",
+        ]
+        if a_end:
+            lines.append(
+                f"(a) again after the servers: {a_end['items_per_s']:.1f} items/s; the ratios"
+                f" below use the mean, {a_ips:.1f}, as the machine's speed drifts"
+            )
+        over = a.get("pass_overhead")
+        lines += [
             f"(a) with batches of one: {a1['items_per_s']:.1f} items/s; batched / unbatched ="
             f" {a['items_per_s'] / a1['items_per_s']:.2f}: what batching itself is worth on this"
             " machine and model, about the most (c) can gain over (b) at any load.",
+            f"Measured cost of a forward pass besides its tokens: {over['seconds'] * 1000:.1f} ms,"
+            f" {over['tokens']:.0f} tokens' worth (the cut used {args.pass_overhead})."
+            if over
+            else "",
             "",
         ]
     head = "| clients |"
@@ -716,8 +767,8 @@ def report(res: dict, args: argparse.Namespace) -> str:
             head += f" {name} req/s | {name} p50 ms | {name} p95 ms | {name} p99 ms |"
             sep += "---:|---:|---:|---:|"
     if c:
-        head += " (c) mean batch | (c)/(b) | (c)/(a) |"
-        sep += "---:|---:|---:|"
+        head += " (c) mean batch | (c) padding | (c) model busy | (c)/(b) | (c)/(a) |"
+        sep += "---:|---:|---:|---:|---:|"
     lines += [
         "Closed loop (each client sends its next request when the last is answered):",
         "",
@@ -740,8 +791,10 @@ def report(res: dict, args: argparse.Namespace) -> str:
             rb, rc = at(b, n), at(c, n)
             cells += [
                 fmt(rc.get("mean_batch")) if rc else "-",
+                fmt(rc.get("padding_frac"), ".0%") if rc else "-",
+                fmt(rc.get("model_busy"), ".0%") if rc else "-",
                 fmt(rc["req_per_s"] / rb["req_per_s"], ".2f") if rb and rc else "-",
-                fmt(rc["req_per_s"] / a["items_per_s"], ".2f") if a and rc else "-",
+                fmt(rc["req_per_s"] / a_ips, ".2f") if a_ips and rc else "-",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -822,9 +875,7 @@ def plot(res: dict, path: Path, args: argparse.Namespace) -> bool:
             ax1.plot(xs, [r["req_per_s"] for r in side["closed"]], style, label=label)
             ax2.plot(xs, [r["p95_ms"] for r in side["closed"]], style, label=label)
     if res.get("a"):
-        ax1.axhline(
-            res["a"]["items_per_s"], ls="--", color="gray", label="(a) batched forward, no server"
-        )
+        ax1.axhline(upper(res), ls="--", color="gray", label="(a) batched forward, no server")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xticks(args.concurrency, [str(n) for n in args.concurrency])
@@ -899,6 +950,13 @@ def parse_args() -> argparse.Namespace:
         help="serve.batch_tokens of (c), and the same cut in (a) (default: the service's"
         " default for --device: 16384 on a GPU, max(1024, --max-length) on a CPU).",
     )
+    ap.add_argument(
+        "--pass-overhead",
+        type=int,
+        default=None,
+        help="serve.pass_overhead_tokens of (c), and the same cut in (a) (default: the"
+        " service's default for --device).",
+    )
     ap.add_argument("--max-ongoing-requests", type=int, default=64)
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads / Ray CPUs (1).")
@@ -920,11 +978,13 @@ def parse_args() -> argparse.Namespace:
             if getattr(args, key) == ap.get_default(key):
                 setattr(args, key, value)
     args.systems = set(args.systems.split(","))
-    if args.batch_tokens is None:
-        from ramo_stream.config import ServeSettings
+    from ramo_stream.config import ServeSettings
 
-        serve = ServeSettings(max_length=args.max_length)
+    serve = ServeSettings(max_length=args.max_length)  # the service's defaults for --device
+    if args.batch_tokens is None:
         args.batch_tokens = serve.forward_tokens(args.device)
+    if args.pass_overhead is None:
+        args.pass_overhead = serve.pass_overhead(args.device)
     return args
 
 
@@ -992,6 +1052,7 @@ def main() -> int:
             "max_ongoing_requests": args.max_ongoing_requests,
             "replicas": args.replicas,
             "batch_tokens": args.batch_tokens,
+            "pass_overhead_tokens": args.pass_overhead,
             "threads": args.threads,
             "concurrency": args.concurrency,
         }
@@ -1039,6 +1100,10 @@ def main() -> int:
                     "closed": closed,
                     "open": open_rates("(c)", url, bodies, tokens, args, rates),
                 }
+        if args.systems:  # (a) again: the machine's speed drifts over a run this long
+            a_end, _ = upper_bound(folder, items, args, single=False)
+            res["a_end"] = {k: v for k, v in a_end.items() if k not in ("scores", "params")}
+            print(f"(a) again after the servers: {a_end['items_per_s']:.1f} items/s", flush=True)
     res["load_end"] = os.getloadavg()[0]
     res["ratios"] = ratios(res)
     text = report(res, args)

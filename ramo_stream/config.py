@@ -359,6 +359,14 @@ class ServeSettings(_Section):
         " sub-batches of rows x padded length <= this. Default: 16384 on a GPU; on a CPU,"
         " max(1024, max_length), since batching gains nothing there and padding costs.",
     )
+    pass_overhead_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="What one forward pass costs besides its tokens, in tokens: a batch is cut"
+        " into passes minimising passes x this + padded tokens. Default: 40 on a CPU"
+        " (measured: about 8 ms, 40 tokens of MiniLM, one thread); 2048 on a GPU (an"
+        " estimate; `benchmarks/serve_load.py` prints the measured figure for a model).",
+    )
     max_length: int = Field(
         default=1024, ge=8, description="Tokens scored per item, kept from the end."
     )
@@ -405,6 +413,12 @@ class ServeSettings(_Section):
         if self.batch_tokens is not None:
             return self.batch_tokens
         return 16384 if device == "cuda" else max(1024, self.max_length)
+
+    def pass_overhead(self, device: str) -> int:
+        """``pass_overhead_tokens``, or its default for ``device`` ("cuda" or "cpu")."""
+        if self.pass_overhead_tokens is not None:
+            return self.pass_overhead_tokens
+        return 2048 if device == "cuda" else 40
 
     def check_exposure(self) -> None:
         """Refuse to serve on a non-loopback address without a token (raises ValueError)."""

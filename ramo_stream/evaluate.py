@@ -314,7 +314,9 @@ def score_local(
         items += [BatchItem(loaded, prompt, e.chosen), BatchItem(loaded, prompt, e.rejected)]
     hook = None if on_progress is None else (lambda rows, _width, _tokens: on_progress(rows))
     s = settings.serve
-    flat = score_items(items, s.max_length, s.forward_tokens(loaded.device), hook)
+    device = loaded.device
+    flat = score_items(items, s.max_length, s.forward_tokens(device), hook,
+                       s.pass_overhead(device))  # fmt: skip
     return list(zip(flat[0::2], flat[1::2], strict=True))
 
 

@@ -1,7 +1,7 @@
 """The reward service on Ray Serve: a thin HTTP ingress in front of the reward model.
 
     HTTP --> RewardIngress (FastAPI: auth, limits, parsing, errors; reward_http.py)
-               --handle--> RewardModelServer (versions, hot reload, @serve.batch;
+               --handle--> RewardModelServer (versions, hot reload, dynamic batching;
                                               reward_model_server.py)
 
 ``build_app`` is the typed builder that ``deploy/serve.yaml`` and ``ramo serve`` use. The

@@ -6,8 +6,9 @@ scoring function one batch at a time.
 A batch gathers items of several requests, which may be pinned to different versions. Each
 version's items are formatted with that version's tokenizer (``format_text``, the one input
 format training used), sorted by token length, and cut into sub-batches whose padded size
-(rows x longest row) stays within ``batch_tokens``. Sorting first means each sub-batch pads
-to a length close to its rows' own, so little compute goes to padding.
+(rows x longest row) stays within ``batch_tokens``. The cuts weigh padding against the fixed
+cost of one more forward pass (``plan_sub_batches``), so on a CPU, where a pass costs little
+beyond its tokens, unlike lengths are not padded to each other.
 """
 
 from __future__ import annotations
@@ -51,22 +52,43 @@ def model_max_length(model: Any, tokenizer: Any, default: int = 1 << 20) -> int:
     return min([n for n in limits if isinstance(n, int) and 0 < n < 1_000_000] or [default])
 
 
-def plan_sub_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices into ``lengths``, longest first, cut into groups with rows x longest <= budget.
+def plan_sub_batches(
+    lengths: Sequence[int], budget: int, pass_overhead: int = 0
+) -> list[list[int]]:
+    """Indices into ``lengths``, longest first, cut into groups of the least total cost.
 
-    A group's first index is its longest row, so that is the width it pads to. A row longer
-    than the budget gets a group of its own.
+    A group pads to its longest row (its first index), so a pass over it costs
+    ``rows x longest`` padded tokens, plus ``pass_overhead``: what one forward pass costs
+    besides its tokens (launches, Python, weight reads), in tokens. The plan minimises
+    ``passes x pass_overhead + padded tokens`` with ``rows x longest <= budget``; a row
+    longer than the budget gets a group of its own. With a small overhead (a CPU) rows of
+    unlike lengths go in separate passes rather than pad; with a large one (a GPU) few,
+    full passes win.
+
+    Rows sorted by length can be cut into runs without losing the optimum (swapping two
+    rows across groups never lowers both widths), so this is a dynamic programme over cut
+    points: ``best[j]`` is the cost of the ``j`` longest rows.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    width = [lengths[i] for i in order]
+    n = len(order)
+    best = [0] * (n + 1)
+    start = [0] * (n + 1)  # start[j]: where the last group of the best plan of j rows starts
+    for j in range(1, n + 1):
+        best[j], start[j] = best[j - 1] + pass_overhead + width[j - 1], j - 1  # row alone
+        for i in range(j - 2, -1, -1):  # group i..j-1: widening it to the left
+            rows = j - i
+            if rows * width[i] > budget:
+                break  # widths only grow leftwards: no longer group fits either
+            cost = best[i] + pass_overhead + rows * width[i]
+            if cost <= best[j]:  # ties: the longer group (fewer passes)
+                best[j], start[j] = cost, i
     groups: list[list[int]] = []
-    group: list[int] = []
-    for i in order:
-        if group and (len(group) + 1) * lengths[group[0]] > budget:
-            groups.append(group)
-            group = []
-        group.append(i)
-    if group:
-        groups.append(group)
+    j = n
+    while j > 0:
+        groups.append(order[start[j] : j])
+        j = start[j]
+    groups.reverse()
     return groups
 
 
@@ -75,6 +97,7 @@ def score_items(
     max_length: int,
     batch_tokens: int,
     on_forward: ForwardHook | None = None,
+    pass_overhead: int = 0,
 ) -> list[float]:
     """One reward per item, in order. Blocking (torch); call it off the event loop."""
     import torch
@@ -88,7 +111,7 @@ def score_items(
         texts = [format_text(tok, items[i].prompt, items[i].response) for i in idxs]
         ids = tok(texts, truncation=True, max_length=limit)["input_ids"]
         lengths = [len(x) for x in ids]
-        for group in plan_sub_batches(lengths, batch_tokens):
+        for group in plan_sub_batches(lengths, batch_tokens, pass_overhead):
             batch = encode(tok, [texts[j] for j in group], limit)
             batch = {k: v.to(loaded.device) for k, v in batch.items()}
             with torch.inference_mode():

@@ -62,6 +62,12 @@ class ReplicaMetrics:
         self.forward_passes = Counter(
             "ramo_reward_forward_passes", "Forward passes (length-sorted sub-batches).", registry=r
         )
+        self.busy_seconds = Counter(
+            "ramo_reward_model_busy_seconds",
+            "Time the model spent scoring batches; its rate is the replica's utilisation"
+            " (near 1: saturated, add replicas).",
+            registry=r,
+        )
         self.tokens = Counter(
             "ramo_reward_tokens",
             "Tokens through the model: kind=real, or kind=padding (wasted).",

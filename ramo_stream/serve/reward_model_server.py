@@ -174,6 +174,7 @@ class RewardModelServer:
         )
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.max_length, self.batch_tokens = s.max_length, s.forward_tokens(device)
+        self.pass_overhead = s.pass_overhead(device)
         self.pool = ModelPool(registry, registry.cache_dir, s.keep_loaded, device, s.dtype,
                               self.metrics)  # fmt: skip
         self.pool.poll()  # serve the current version from the first request on
@@ -203,7 +204,12 @@ class RewardModelServer:
         return list(values), loaded.version
 
     def _score_batch(self, items: list[BatchItem]) -> list[float]:  # in the batcher's thread
-        return score_items(items, self.max_length, self.batch_tokens, self.metrics.on_forward)
+        started = time.perf_counter()
+        try:
+            return score_items(items, self.max_length, self.batch_tokens,
+                               self.metrics.on_forward, self.pass_overhead)  # fmt: skip
+        finally:
+            self.metrics.busy_seconds.inc(time.perf_counter() - started)
 
     def info(self) -> dict[str, Any]:
         table = self.pool.table

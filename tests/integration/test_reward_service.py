@@ -308,6 +308,7 @@ def test_metrics_and_batching_across_requests(main_url: str) -> None:
     # 32 one-item requests at once: items of different requests shared forward passes.
     assert items >= 32 and batches < items
     assert samples['ramo_reward_tokens_total{kind="real"}'] > 0
+    assert samples["ramo_reward_model_busy_seconds_total"] > 0
 
 
 # ---- auth, start-up refusals, no model yet -----------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import math
 import pickle
+import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -199,20 +201,58 @@ def test_sigmoid_is_stable() -> None:
 # ---- length-sorted sub-batches -----------------------------------------------------------
 
 
-def test_sub_batches_sorted_and_within_budget() -> None:
+def plan_cost(lengths: list[int], groups: list[list[int]], overhead: int) -> int:
+    return sum(overhead + len(g) * max(lengths[i] for i in g) for g in groups)
+
+
+def set_partitions(items: list[int]) -> Iterator[list[list[int]]]:
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in set_partitions(rest):
+        yield [[first], *part]
+        for k in range(len(part)):
+            yield [*part[:k], [first, *part[k]], *part[k + 1 :]]
+
+
+@pytest.mark.parametrize("overhead", [0, 3, 40, 10**6])
+def test_sub_batch_plan_is_the_cheapest_of_all_partitions(overhead: int) -> None:
+    rng = random.Random(overhead)
+    for _ in range(40):
+        lengths = [rng.choice([5, 6, 30, 31, 60, 100, 101, 150]) for _ in range(rng.randint(1, 7))]
+        budget = rng.choice([150, 200, 320])
+        groups = plan_sub_batches(lengths, budget, overhead)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        for g in groups:
+            widths = [lengths[i] for i in g]
+            assert widths == sorted(widths, reverse=True)  # the first row sets the width
+            assert len(g) == 1 or len(g) * widths[0] <= budget
+        feasible = [
+            plan_cost(lengths, part, overhead)
+            for part in set_partitions(list(range(len(lengths))))
+            if all(len(g) == 1 or len(g) * max(lengths[i] for i in g) <= budget for g in part)
+        ]
+        assert plan_cost(lengths, groups, overhead) == min(feasible), (lengths, budget)
+
+
+def test_sub_batch_overhead_trades_padding_for_passes() -> None:
     lengths = [5, 100, 7, 50, 6, 48, 5, 101]
-    groups = plan_sub_batches(lengths, budget=210)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for g in groups:
-        widths = [lengths[i] for i in g]
-        assert widths == sorted(widths, reverse=True)  # the first row sets the padded width
-        assert len(g) * widths[0] <= 210
-    assert [lengths[i] for i in groups[0]] == [101, 100]  # long rows never pad short ones
-    assert [[lengths[i] for i in g] for g in groups[1:]] == [[50, 48, 7, 6], [5, 5]]
+    widths = lambda groups: [[lengths[i] for i in g] for g in groups]  # noqa: E731
+    # Passes are free: nothing is padded, equal lengths still share a pass.
+    assert widths(plan_sub_batches(lengths, 210, 0)) == [[101], [100], [50], [48], [7], [6],
+                                                         [5, 5]]  # fmt: skip
+    # A pass costs 10 tokens: padding 100 to 101 (1 token) or 48 to 50 (2) is cheaper.
+    assert widths(plan_sub_batches(lengths, 210, 10)) == [[101, 100], [50, 48], [7, 6, 5, 5]]
+    # Three passes is the fewest the budget allows; of those, the one with least padding.
+    assert widths(plan_sub_batches(lengths, 210, 10**6)) == [[101, 100], [50, 48], [7, 6, 5, 5]]
+    # One long row and three short: a cheap pass keeps them apart, a dear one pads them.
+    assert plan_sub_batches([100, 10, 10, 10], 400, 10) == [[0], [1, 2, 3]]
+    assert plan_sub_batches([100, 10, 10, 10], 400, 10**6) == [[0, 1, 2, 3]]
 
 
 def test_sub_batch_longer_than_budget_stands_alone() -> None:
-    assert plan_sub_batches([300, 10, 10], budget=100) == [[0], [1, 2]]
+    assert plan_sub_batches([300, 10, 10], budget=100, pass_overhead=50) == [[0], [1, 2]]
     assert plan_sub_batches([], budget=100) == []
 
 
@@ -265,3 +305,6 @@ def test_forward_token_budget_defaults_by_device() -> None:
     assert ServeSettings().forward_tokens("cpu") == 1024  # one long item per CPU pass
     assert ServeSettings(max_length=2048).forward_tokens("cpu") == 2048
     assert ServeSettings(batch_tokens=4096).forward_tokens("cpu") == 4096  # set: kept
+    assert ServeSettings().pass_overhead("cpu") == 40
+    assert ServeSettings().pass_overhead("cuda") == 2048
+    assert ServeSettings(pass_overhead_tokens=0).pass_overhead("cuda") == 0  # set: kept
