@@ -79,8 +79,7 @@ def main() -> int:
         [BatchItem(loaded, *items[rng.randrange(len(items))]) for _ in range(args.batch)]
         for _ in range(args.batches)
     ]
-    stats = {default: {"s": 0.0, "passes": 0, "real": 0, "padded": 0},
-             FEWEST: {"s": 0.0, "passes": 0, "real": 0, "padded": 0}}  # fmt: skip
+    stats = {o: {"s": 0.0, "passes": 0, "real": 0, "padded": 0} for o in (default, FEWEST)}
 
     def run(overhead: int) -> None:
         st = stats[overhead]

@@ -191,36 +191,37 @@ def tokenizer_of(folder: Path) -> tuple[Any, int]:
 
 
 def upper_bound(
-    folder: Path, items: list[tuple[str, str]], args: argparse.Namespace, single: bool = True
+    folder: Path,
+    items: list[tuple[str, str]],
+    lengths: list[int],
+    args: argparse.Namespace,
+    single: bool = True,
 ) -> tuple[dict, dict | None]:
     """(a): items/s of length-sorted forwards in batches of --max-batch-size (each cut by
     --batch-tokens and --pass-overhead as the service cuts its batches), whole passes over
     the pool; with ``single``, the same with batches of one (what batching can gain on this
-    machine at most) and the measured cost of a forward pass besides its tokens."""
+    machine at most) and the measured cost of a forward pass besides its tokens.
+    ``lengths``: the items' token counts, as main computed them for the report."""
     import torch
 
     from ramo_stream.reward.model import encode, format_text, rewards
-    from ramo_stream.serve.reward_batching import plan_sub_batches
+    from ramo_stream.serve.reward_batching import BatchItem, LoadedModel, score_items
 
-    model, tok, limit = load_model(folder, args.device)
-    limit = min(limit, args.max_length)
+    model, tok, model_limit = load_model(folder, args.device)
+    limit = min(model_limit, args.max_length)
+    loaded = LoadedModel(0, model, tok, args.device, model_limit)
+    order = sorted(range(len(items)), key=lengths.__getitem__)  # the pool, sorted once
 
     def one_pass(bs: int) -> tuple[list[float], int]:
-        texts = [format_text(tok, p, r) for p, r in items]
-        lengths = [len(x) for x in tok(texts, truncation=True, max_length=limit)["input_ids"]]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
-        out = [0.0] * len(texts)
+        """Chunks of ``bs`` length-sorted items, each scored by the service's own
+        ``score_items`` (format, tokenise, cut into passes, forward)."""
+        out = [0.0] * len(items)
         for i in range(0, len(order), bs):
             chunk = order[i : i + bs]
-            sizes = [lengths[j] for j in chunk]
-            for group in plan_sub_batches(sizes, args.batch_tokens, args.pass_overhead):
-                rows = [chunk[g] for g in group]
-                enc = encode(tok, [texts[j] for j in rows], limit)
-                batch = {k: v.to(args.device) for k, v in enc.items()}
-                with torch.inference_mode():
-                    values = rewards(model, batch).float().tolist()  # .tolist() syncs a GPU
-                for j, v in zip(rows, values, strict=True):
-                    out[j] = v
+            batch = [BatchItem(loaded, *items[j]) for j in chunk]
+            values = score_items(batch, limit, args.batch_tokens, None, args.pass_overhead)
+            for j, v in zip(chunk, values, strict=True):  # .tolist() inside synced a GPU
+                out[j] = v
         return out, sum(lengths)
 
     def timed(bs: int) -> dict:
@@ -1062,7 +1063,7 @@ def main() -> int:
             flush=True,
         )
 
-        a, a1 = upper_bound(folder, items, args)
+        a, a1 = upper_bound(folder, items, tokens, args)
         res["a1"] = a1
         gc.collect()  # (a)'s model is gone: free its memory before the servers load theirs
         if args.device == "cuda":
@@ -1101,7 +1102,7 @@ def main() -> int:
                     "open": open_rates("(c)", url, bodies, tokens, args, rates),
                 }
         if args.systems:  # (a) again: the machine's speed drifts over a run this long
-            a_end, _ = upper_bound(folder, items, args, single=False)
+            a_end, _ = upper_bound(folder, items, tokens, args, single=False)
             res["a_end"] = {k: v for k, v in a_end.items() if k not in ("scores", "params")}
             print(f"(a) again after the servers: {a_end['items_per_s']:.1f} items/s", flush=True)
     res["load_end"] = os.getloadavg()[0]

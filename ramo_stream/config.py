@@ -364,8 +364,8 @@ class ServeSettings(_Section):
         ge=0,
         description="What one forward pass costs besides its tokens, in tokens: a batch is cut"
         " into passes minimising passes x this + padded tokens. Default: 40 on a CPU"
-        " (measured: about 8 ms, 40 tokens of MiniLM, one thread); 2048 on a GPU (an"
-        " estimate; `benchmarks/serve_load.py` prints the measured figure for a model).",
+        " (MiniLM, one thread: benchmarks/serve_load.py measured 41); 2048 on a GPU (an"
+        " estimate, not measured; serve_load.py prints the figure for a model and device).",
     )
     max_length: int = Field(
         default=1024, ge=8, description="Tokens scored per item, kept from the end."
