@@ -3,6 +3,7 @@ fresh topic per test, so tests never see each other's records."""
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,3 +46,32 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in KNOWN:
         prepare(name, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_serve() -> Iterator[int]:
+    """One local Ray, with Serve's HTTP proxy on 127.0.0.1, for the whole test process;
+    yields Serve's port. Modules that deploy apps delete them when they finish, so each
+    starts with the cluster's CPUs free.
+
+    Ray starts once per process, not once per module: a pytest process that ran
+    ray.init/ray.shutdown four times died of a segfault in CI (stop 10) a minute after the
+    last shutdown, the known hazard of a driver that outlives its Ray session while Ray
+    objects are still waiting to be garbage-collected.
+    """
+    ray = pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
+    from ray import serve
+
+    from ramo_stream.stream.broker import free_port
+
+    port = free_port()
+    # Logical CPUs, so several small apps fit at once. The dashboard serves the state API
+    # that Ray Train's placement-group cleaner asks; loopback only.
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+             logging_level="WARNING")  # fmt: skip
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"enable_access_log": False})  # fmt: skip
+    yield port
+    serve.shutdown()
+    gc.collect()  # finalise Ray handles held in reference cycles while the driver is connected
+    ray.shutdown()

@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import json
 import math
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,6 @@ ITEMS: list[tuple[Any, str]] = [
     ("Write a haiku.", "Autumn moonlight / a worm digs silently / into the chestnut."),
 ]
 TOLERANCE = 1e-4  # float32 on CPU: padding to another batch's length moves a reward ~1e-6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +58,8 @@ def service(
         steps=0, samples_seen=0, offsets={}, base_model=str(path),
     )  # fmt: skip
 
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    port: int = request.getfixturevalue("ray_serve")
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port},
-                    logging_config={"enable_access_log": False})  # fmt: skip
         args = reward_app.RewardAppArgs(overrides={"train.registry": str(registry)})
         serve.run(reward_app.build_app(args), name="reward-client-test", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
@@ -77,8 +67,7 @@ def service(
             assert rm.wait_until_ready(timeout_s=180) == manifest.version
         yield url, manifest.version
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.delete("reward-client-test")
 
 
 def finite(values: Any) -> bool:

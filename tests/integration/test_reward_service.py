@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from ramo_stream.reward.registry import Registry
-from ramo_stream.stream.broker import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ray = pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
@@ -96,22 +95,11 @@ def backbone(models_dir: Path) -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="module")
-def serve_port() -> Iterator[int]:
-    from ray import serve
-
-    port = free_port()
-    # Logical CPUs: several small apps at once (each replica runs torch on one thread).
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"enable_access_log": False})  # fmt: skip
-    yield port
-    serve.shutdown()
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def deploy(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
-    """Deploy the app as `name` under /name, on the registry at `root`; returns its URL."""
+def deploy(
+    ray_serve: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., str]]:
+    """Deploy the app as `name` under /name, on the registry at `root`; returns its URL.
+    What is still deployed when the module ends is deleted."""
     from ray import serve
 
     from ramo_stream.serve.reward_app import RewardAppArgs, build_app
@@ -126,9 +114,13 @@ def deploy(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Callabl
         overrides.update({f"serve.{k}": v for k, v in serve_settings.items()})
         app = build_app(RewardAppArgs(overrides=overrides, ingress_cpus=0.1))
         serve.run(app, name=name, route_prefix=f"/{name}")
-        return f"http://127.0.0.1:{serve_port}/{name}"
+        deployed.append(name)
+        return f"http://127.0.0.1:{ray_serve}/{name}"
 
-    return make
+    deployed: list[str] = []
+    yield make
+    for name in set(deployed) & set(serve.status().applications):
+        serve.delete(name)
 
 
 @pytest.fixture(scope="module")

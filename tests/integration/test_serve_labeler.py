@@ -4,7 +4,7 @@ real MiniLM Rule Adapter (untrained head: this tests the plumbing, not the picks
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,20 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ray = pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    from ray import serve
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    serve.start(http_options={"host": "127.0.0.1", "port": 0},
-                logging_config={"enable_access_log": False})  # fmt: skip
-    yield
-    serve.shutdown()
-    ray.shutdown()
-
-
 def test_pairs_in_labels_out_failures_dead_lettered(
-    ray_cluster: None, broker: str, new_topic: Callable[..., str], models_dir: Path, tmp_path: Path
+    ray_serve: int, broker: str, new_topic: Callable[..., str], models_dir: Path, tmp_path: Path
 ) -> None:
     from ray import serve
 
@@ -102,7 +90,7 @@ def test_pairs_in_labels_out_failures_dead_lettered(
 
 
 def test_attach_runs_only_the_bridge_and_leaves_the_app_running(
-    ray_cluster: None, broker: str, new_topic: Callable[..., str], models_dir: Path, tmp_path: Path
+    ray_serve: int, broker: str, new_topic: Callable[..., str], models_dir: Path, tmp_path: Path
 ) -> None:
     """`ramo labeler --attach APP` in another process feeds an app deployed here, as the
     bridge Deployment feeds the RayService's app, and leaves it deployed."""

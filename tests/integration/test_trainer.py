@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,21 +115,14 @@ def train_settings(
     return make
 
 
-@pytest.fixture
-def ray_local() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             logging_level="WARNING")  # fmt: skip
-    yield
-    ray.shutdown()
-
-
 def test_later_versions_beat_the_first(
-    train_settings: Callable[..., Settings], broker: str, ray_local: None
+    train_settings: Callable[..., Settings], broker: str, ray_serve: int
 ) -> None:
     from ramo_stream.reward.registry import Registry
     from ramo_stream.train.driver import run_trainer
 
-    settings = train_settings(publish_every_steps=3, idle_stop_s=4.0)
+    # The shared test Ray has 4 logical CPUs; the worker gets this machine's 2 (torch threads).
+    settings = train_settings(publish_every_steps=3, idle_stop_s=4.0, worker_cpus=2)
     labels = generated_labels(200, seed=1)
     produce(broker, settings.topics.labels, [lp.model_dump_json().encode() for lp in labels]
             + [b"{not a label"])  # fmt: skip
