@@ -55,9 +55,9 @@ def ray_serve() -> Iterator[int]:
     starts with the cluster's CPUs free.
 
     Ray starts once per process, not once per module: a pytest process that ran
-    ray.init/ray.shutdown four times died of a segfault in CI (stop 10) a minute after the
-    last shutdown, the known hazard of a driver that outlives its Ray session while Ray
-    objects are still waiting to be garbage-collected.
+    ray.init/ray.shutdown four times died of a segfault in CI (stop 10), in unit tests a
+    minute after the last shutdown. Not reproduced here; the likeliest cause is Ray objects
+    of an ended session being finalised by a later garbage collection.
     """
     ray = pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
     from ray import serve
