@@ -111,11 +111,25 @@ def _bridge_until_stopped(settings: Settings, bootstrap: str, handle: Any, stop:
         bridge.close()
 
 
+def _app_handle(app: str, address: str) -> Any:
+    """A handle to the Serve app ``app``, or an error that names the cluster and its apps."""
+    from ray import serve
+
+    apps = serve.status().applications
+    if app not in apps:
+        found = ", ".join(sorted(apps)) or "none"
+        raise SystemExit(
+            f"error: no Serve application {app!r} on the Ray cluster at {address} (its "
+            f"applications: {found}); deploy it first (deploy/serve.yaml) or fix --attach"
+        )
+    return serve.get_app_handle(app)
+
+
 def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
     """Ray Serve labeler + Kafka bridge, until Ctrl-C (or --idle-timeout).
 
     With ``--attach APP``, only the bridge: it feeds the labeler app named APP that is
-    already deployed on a running Ray cluster (RAY_ADDRESS, else the local one), and leaves
+    already deployed on the Ray cluster at ``--ray-address`` (or RAY_ADDRESS), and leaves
     Serve as it found it when it stops.
     """
     import os
@@ -132,9 +146,16 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with kafka_session(settings) as bootstrap:
         if args.attach:
-            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="WARNING")
+            address = args.ray_address or os.environ.get("RAY_ADDRESS")
+            if not address:
+                raise SystemExit(
+                    "error: --attach needs the Ray cluster that runs the labeler app: pass "
+                    "--ray-address (e.g. ray://head:10001, or the GCS address host:6379) or "
+                    "set RAY_ADDRESS"
+                )
+            ray.init(address=address, logging_level="WARNING")
             try:
-                handle = serve.get_app_handle(args.attach)
+                handle = _app_handle(args.attach, address)
                 _bridge_until_stopped(settings, bootstrap, handle, stop, args.idle_timeout)
             finally:
                 ray.shutdown()  # disconnects; the cluster and its apps keep running
@@ -165,9 +186,12 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter-replicas", type=int, default=1, help="Adapter replicas (default 1).")
     p.add_argument("--idle-timeout", type=float, help="Stop after this many idle seconds.")
     p.add_argument("--attach", metavar="APP", help="Run only the Kafka bridge, feeding the"
-                   " labeler app APP already deployed on a running Ray cluster (RAY_ADDRESS,"
-                   " e.g. ray://head:10001, else the local one); e.g. the RayService's"
+                   " labeler app APP already deployed on the Ray cluster at --ray-address"
+                   " (or RAY_ADDRESS); e.g. the RayService's"
                    " `labeler` app. Serve is left running when it stops.")  # fmt: skip
+    p.add_argument("--ray-address", metavar="ADDRESS", help="With --attach: the Ray cluster"
+                   " (ray://host:10001 or the GCS address host:6379); default RAY_ADDRESS."
+                   " Required: a bridge never guesses which cluster it feeds.")  # fmt: skip
     p.set_defaults(fn=cmd_labeler)
 
     p = sub.add_parser("label", parents=[parent], help="Label a JSONL file of pairs offline "

@@ -7,9 +7,14 @@ feeds the labeler, the continuous trainer (Ray Train), and, with ``--demo`` or
 ``--file``, an ingest of pairs. The main thread draws the live view.
 
 Stop order (Ctrl-C, SIGTERM, ``--exit-when-idle``, or a component failing): the ingest,
-then the bridge (its batch in flight is labeled, written and committed), then the trainer
-(it drains and publishes a final version), then the reward service once it serves that
-version, then Serve, Ray and the broker. Each piece is the same code that ``ramo
+then the bridge, then the trainer, then the reward service once it serves the final
+version, then Serve, Ray and the broker. When this process started the broker, its topics
+end with it, so a stop first drains: the bridge labels every pair already on the pairs
+topic, then the trainer trains on every label and publishes a final version. A second
+Ctrl-C skips the rest of the drain (the bridge finishes its batch in flight, the trainer
+publishes what it has) and says how many accepted pairs that drops; a third gives up at
+once. With a broker that outlives the command, nothing is lost by not draining, so the
+first Ctrl-C stops like the second. Each piece is the same code that ``ramo
 labeler|train|serve`` run on their own.
 """
 
@@ -54,15 +59,16 @@ class Component:
     """One piece of the loop, running in its own thread of this process."""
 
     name: str
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # stop after the work in hand
+    finish: threading.Event = field(default_factory=threading.Event)  # finish what was accepted
     thread: threading.Thread | None = None
     error: BaseException | None = None
     result: Any = None
 
-    def start(self, target: Callable[[threading.Event], Any]) -> None:
+    def start(self, target: Callable[[threading.Event, threading.Event], Any]) -> None:
         def run() -> None:
             try:
-                self.result = target(self.stop)
+                self.result = target(self.stop, self.finish)
             except BaseException as e:  # reported by the main thread, which stops the rest
                 self.error = e
 
@@ -312,7 +318,7 @@ class UpOptions:
 
 
 def _ingest(settings: Settings, bootstrap: str, files: tuple[Path, ...], limit: int | None,
-            stop: threading.Event) -> list[Any]:  # fmt: skip
+            stop: threading.Event, _finish: threading.Event) -> list[Any]:  # fmt: skip
     from ramo_stream.ingest import ingest_file
     from ramo_stream.stream.kafka_io import TopicWriter, make_producer
 
@@ -329,14 +335,19 @@ def _ingest(settings: Settings, bootstrap: str, files: tuple[Path, ...], limit: 
     return reports
 
 
-def _label(settings: Settings, bootstrap: str, handle: Any, stop: threading.Event) -> Any:
-    from ramo_stream.serve.bridge import make_bridge
-
-    bridge = make_bridge(settings, bootstrap, handle)
+def _label(bridge: Any, stop: threading.Event, finish: threading.Event) -> Any:
     try:
-        return bridge.run(stop=stop)
+        return bridge.run(stop=stop, finish=finish)
     finally:
         bridge.close()
+
+
+def _committed(bridge: Any) -> int:
+    """Pairs the bridge has committed (its thread writes the dict while we read it)."""
+    for _ in range(5):
+        with contextlib.suppress(RuntimeError):  # "dictionary changed size during iteration"
+            return sum(list(bridge.stats.committed.values()))
+    return 0
 
 
 def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> int:
@@ -345,29 +356,33 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
 
     from ray import serve
 
+    from ramo_stream.serve.bridge import make_bridge
     from ramo_stream.serve.labeler_app import LabelerAppArgs
     from ramo_stream.serve.labeler_app import build_app as build_labeler
     from ramo_stream.serve.reward_app import RewardAppArgs
     from ramo_stream.serve.reward_app import build_app as build_reward
-    from ramo_stream.stream.broker import kafka_session
+    from ramo_stream.stream.broker import kafka_session, running_broker
     from ramo_stream.train.driver import run_trainer
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "application ready" lines
     s = settings.serve
     host = f"[{s.host}]" if ":" in s.host else s.host
     url = f"http://{host}:{s.port}"
-    stop = threading.Event()
+    stop = threading.Event()  # the first Ctrl-C: stop, draining what was accepted
+    abort = threading.Event()  # the second: skip the drain
 
     def on_signal(*_: Any) -> None:
-        if stop.is_set():  # a second Ctrl-C: give up on the orderly stop
+        if abort.is_set():  # a third Ctrl-C: give up on the orderly stop
             raise KeyboardInterrupt
-        stop.set()
+        (abort if stop.is_set() else stop).set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     headers = {"Authorization": f"Bearer {s.api_token}"} if s.api_token else {}
     overrides = flat_settings(settings)
     failed: Component | None = None
+    # Whether the topics end with this process (a broker it starts, in memory).
+    ephemeral = not (settings.kafka.bootstrap_servers or running_broker(settings))
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
@@ -386,17 +401,42 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
             say(f"labeler and reward service deployed; reward API at {url} (POST /v1/score,"
                 " /v1/compare, /get_reward; GET /v1/models, /health, /metrics)")  # fmt: skip
             ingest, bridge, trainer = (Component(n) for n in ("ingest", "labeler", "trainer"))
-            bridge.start(lambda ev: _label(settings, bootstrap, labeler, ev))
-            trainer.start(lambda ev: run_trainer(settings, bootstrap, stop_event=ev))
+            processor = make_bridge(settings, bootstrap, labeler)
+            bridge.start(lambda ev, fin: _label(processor, ev, fin))
+            trainer.start(lambda ev, fin: run_trainer(settings, bootstrap, stop_event=ev,
+                                                      finish_event=fin))  # fmt: skip
             if options.files:
-                ingest.start(lambda ev: _ingest(settings, bootstrap, options.files,
-                                                options.limit, ev))  # fmt: skip
-            failed = _watch(settings, bootstrap, url, options, stop, out,
-                            [ingest, bridge, trainer])  # fmt: skip
-            say("stopping: ingest, labeler, then the trainer (it publishes a final version)")
-            ingest.halt(30)
-            bridge.halt(300)
-            trainer.halt(600)
+                ingest.start(lambda ev, fin: _ingest(settings, bootstrap, options.files,
+                                                     options.limit, ev, fin))  # fmt: skip
+            parts = [ingest, bridge, trainer]
+            view = LiveView(settings, bootstrap, url, out)
+            try:
+                failed = _watch(view, settings, options, stop, out, parts)
+                ingest.halt(30)
+                if failed is None and ephemeral:
+                    failed = _drain(view, settings, options, abort, processor, parts, say)
+                else:
+                    say(
+                        "stopping: the labeler finishes its batch in flight, the trainer "
+                        "publishes a final version"
+                        + (
+                            ""
+                            if ephemeral
+                            else f"; what is left on {settings.topics.pairs} waits for the next run"
+                        )
+                    )
+                bridge.halt(300)
+                trainer.halt(600)
+                if abort.is_set() and ephemeral and failed is None:
+                    snap = view.sample()
+                    pairs = max(0, snap.pairs - _committed(processor))
+                    labels = max(0, snap.labels - snap.labels_read)
+                    say(
+                        f"dropped {pairs} accepted pairs not yet labeled and {labels} labels "
+                        "not yet trained on (the embedded broker's topics end with it)"
+                    )
+            finally:
+                view.close()
             final = trainer.result
             if final is not None and failed is None:
                 served = wait_for_version(url, final.version, headers, timeout_s=60)
@@ -413,9 +453,8 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
 
 
 def _watch(
+    view: LiveView,
     settings: Settings,
-    bootstrap: str,
-    url: str,
     options: UpOptions,
     stop: threading.Event,
     out: TextIO,
@@ -424,25 +463,55 @@ def _watch(
     """Draw the live view until a stop is asked for, the loop is idle, or a part fails
     (returned). ``parts``: ingest, labeler bridge, trainer."""
     ingest, _, trainer = parts
-    view = LiveView(settings, bootstrap, url, out)
     selector = settings.labeling.selector
     hint = "Ctrl-C stops (a final version is published first)"
     last_change, last_key = time.monotonic(), None
-    try:
-        while not stop.wait(options.view_every_s):
-            for part in parts:
-                if part.error is not None:
-                    return part
-            if trainer.thread is not None and not trainer.running:  # it stopped by itself
-                return None  # (train.idle_stop_s or train.max_steps)
-            snap = view.draw(selector, hint)
-            key = (snap.pairs, snap.labels, snap.dead_letters, snap.version)
-            if key != last_key:
-                last_change, last_key = time.monotonic(), key
-            idle = options.exit_when_idle_s
-            if idle is not None and not ingest.running and time.monotonic() - last_change > idle:
-                print(f"nothing moved for {idle:.0f} s: stopping", file=out, flush=True)
-                return None
-        return None
-    finally:
-        view.close()
+    while not stop.wait(options.view_every_s):
+        for part in parts:
+            if part.error is not None:
+                return part
+        if trainer.thread is not None and not trainer.running:  # it stopped by itself
+            return None  # (train.idle_stop_s or train.max_steps)
+        snap = view.draw(selector, hint)
+        key = (snap.pairs, snap.labels, snap.dead_letters, snap.version)
+        if key != last_key:
+            last_change, last_key = time.monotonic(), key
+        idle = options.exit_when_idle_s
+        if idle is not None and not ingest.running and time.monotonic() - last_change > idle:
+            print(f"nothing moved for {idle:.0f} s: stopping", file=out, flush=True)
+            return None
+    return None
+
+
+def _drain(
+    view: LiveView,
+    settings: Settings,
+    options: UpOptions,
+    abort: threading.Event,
+    processor: Any,
+    parts: list[Component],
+    say: Callable[[str], None],
+) -> Component | None:
+    """Finish what was accepted, in data-flow order: the bridge labels every pair on the
+    pairs topic, then the trainer trains on every label and publishes. Returns a part that
+    failed meanwhile; stops early when ``abort`` (a second Ctrl-C) is set."""
+    _, bridge, trainer = parts
+    selector = settings.labeling.selector
+    say("stopping: labeling and training every accepted pair first (the embedded broker's"
+        " topics end with it); Ctrl-C again skips that")  # fmt: skip
+    for part in (bridge, trainer):
+        part.finish.set()
+        while part.running and not abort.wait(options.view_every_s):
+            if part.error is not None:
+                return part
+            last = view.history[-1] if view.history else None  # one view old
+            status = "draining; Ctrl-C again drops what is left"
+            if last is not None:
+                to_label = max(0, last.pairs - _committed(processor))
+                to_train = max(0, last.labels - last.labels_read)
+                status = (f"draining: {to_label} pairs left to label, {to_train} labels not in"
+                          " a published version yet; Ctrl-C again drops them")  # fmt: skip
+            view.draw(selector, status)
+        if abort.is_set() or part.error is not None:
+            return part if part.error is not None else None
+    return None

@@ -234,9 +234,12 @@ class StreamProcessor(Generic[R]):
         idle_timeout_s: float | None = None,
         until_caught_up: bool = False,
         on_progress: Callable[[int], None] | None = None,
+        finish: threading.Event | None = None,
     ) -> ProcessorStats:
         """Process until ``stop`` is set, ``max_records`` were polled, idle too long, or
-        (``until_caught_up``) nothing is left on the assigned partitions."""
+        (``until_caught_up``, or once ``finish`` is set) nothing is left on the assigned
+        partitions. ``finish`` is how a caller asks for a drain: everything already on the
+        topic is handled first, whereas ``stop`` ends after the poll in hand."""
         idle_since = time.monotonic()
         while not (stop and stop.is_set()):
             if max_records is not None and self.stats.polled >= max_records:
@@ -247,7 +250,7 @@ class StreamProcessor(Generic[R]):
                 if on_progress:
                     on_progress(n)
                 continue
-            if until_caught_up and self.caught_up():
+            if (until_caught_up or (finish and finish.is_set())) and self.caught_up():
                 break
             if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
                 break

@@ -24,29 +24,42 @@ def _stop_flag_class() -> Any:
 
     @ray.remote(num_cpus=0)
     class StopFlag:
+        """Stop (drain the queue, publish, return) or finish (first read to the end of
+        the labels topic, then stop), as the driver asks; rank 0 polls ``state``."""
+
         def __init__(self) -> None:
             self.stopped = False
+            self.finishing = False
 
         def set(self) -> None:
             self.stopped = True
 
-        def is_set(self) -> bool:
-            return self.stopped
+        def finish(self) -> None:
+            self.finishing = True
+
+        def state(self) -> tuple[bool, bool]:
+            return self.stopped, self.finishing
 
     return StopFlag
 
 
 @contextlib.contextmanager
-def _stop_requests(flag: Any, stop_event: threading.Event | None) -> Iterator[None]:
-    """Route stop requests to the stop-flag actor: from ``stop_event`` when given (a caller
-    running the trainer in a thread), else from Ctrl-C / SIGTERM, restored afterwards."""
+def _stop_requests(
+    flag: Any, stop_event: threading.Event | None, finish_event: threading.Event | None = None
+) -> Iterator[None]:
+    """Route stop requests to the stop-flag actor: from ``stop_event`` (and
+    ``finish_event``) when given (a caller running the trainer in a thread), else from
+    Ctrl-C / SIGTERM, restored afterwards."""
     if stop_event is not None:
 
-        def relay() -> None:
-            stop_event.wait()
-            flag.set.remote()
+        def relay(event: threading.Event, call: Any) -> None:
+            event.wait()
+            call.remote()
 
-        threading.Thread(target=relay, name="ramo-trainer-stop", daemon=True).start()
+        relays = [(stop_event, flag.set)] + ([(finish_event, flag.finish)] if finish_event else [])
+        for event, call in relays:
+            threading.Thread(target=relay, args=(event, call), name="ramo-trainer-stop",
+                             daemon=True).start()  # fmt: skip
         yield
         return
 
@@ -74,11 +87,14 @@ def run_trainer(
     bootstrap: str | None,
     from_file: Path | None = None,
     stop_event: threading.Event | None = None,
+    finish_event: threading.Event | None = None,
 ) -> Any:
     """Train until stopped (or idle / max_steps / end of file); return the last manifest.
 
     Ctrl-C or SIGTERM stops it (drain, publish, return), or, when ``stop_event`` is given
     (a caller running this in a thread, such as `ramo up`), setting that event does.
+    Setting ``finish_event`` instead first trains on everything on the labels topic (for
+    a caller that has stopped the labels' producer and wants nothing left behind).
     """
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -126,6 +142,6 @@ def run_trainer(
           f"publishing to {config['registry']}; Ctrl-C publishes a final version and stops",
           flush=True)  # fmt: skip
 
-    with _stop_requests(stop, stop_event):
+    with _stop_requests(stop, stop_event, finish_event):
         trainer.fit()
     return Registry(config["registry"]).current()

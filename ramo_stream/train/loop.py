@@ -321,25 +321,27 @@ class Worker:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def _stop_requested(self) -> bool:
+    def _requests(self) -> tuple[bool, bool]:
+        """(stop now, finish: train what is on the topic, then stop), from the driver."""
         if self.t.max_steps is not None and self.c.steps >= self.t.max_steps:
-            return True
+            return True, False
         if self.stop_flag is None:
-            return False
+            return False, False
         import ray
 
-        return bool(ray.get(self.stop_flag.is_set.remote(), timeout=30))
+        stop, finish = ray.get(self.stop_flag.state.remote(), timeout=30)
+        return bool(stop), bool(finish)
 
     def run(self) -> None:
         t = self.t
         last_record = last_publish = last_log = last_flag_check = time.monotonic()
-        stop_req = False
+        stop_req = finish_req = False
         steps_at_publish = self.c.steps
         drain_started: float | None = None  # when the current publish was decided
         while True:
             now = time.monotonic()
             if self.rank == 0 and now - last_flag_check >= 1.0:
-                stop_req, last_flag_check = self._stop_requested(), now
+                (stop_req, finish_req), last_flag_check = self._requests(), now
             publish_due = (
                 self.rank == 0
                 and self.c.steps > steps_at_publish
@@ -352,7 +354,11 @@ class Worker:
                 self.source.exhausted()
                 or (t.idle_stop_s is not None and now - last_record >= t.idle_stop_s)
             )
-            ctrl = self.coll.sum([float(stop_req), float(publish_due), float(idle)])
+            ctrl = self.coll.sum(
+                [float(stop_req), float(publish_due), float(idle), float(finish_req)]
+            )
+            if ctrl[3] > 0:  # read to the topic's end, then all are idle and stop together
+                self.source.finish()
             stopping = ctrl[0] > 0 or ctrl[2] == self.world
             draining = stopping or ctrl[1] > 0
             if draining:

@@ -34,7 +34,12 @@ class LabelSource(Protocol):
     def poll(self, timeout_s: float, max_records: int) -> list[Record]: ...
     def positions(self) -> Positions: ...
     def exhausted(self) -> bool:
-        """True when no record can ever come again (end of a file); a topic never is."""
+        """True when no record can ever come again: the end of a file, or the end of a
+        topic after ``finish()``."""
+        ...
+
+    def finish(self) -> None:
+        """Nothing more will be written: read to the current end, then be exhausted."""
         ...
 
     def commit(self, positions: Positions) -> None: ...
@@ -73,6 +78,7 @@ class KafkaLabelSource:
         self.partitions = [TopicPartition(topic, p) for p in sorted(parts) if p % world == rank]
         self.consumer.assign(self.partitions)
         self._next: dict[int, int] = {}
+        self._finishing = False
 
     def seek(self, positions: Positions) -> None:
         """Start at ``positions`` (a version's manifest); partitions it lacks start at 0."""
@@ -98,7 +104,19 @@ class KafkaLabelSource:
         return {self.topic: dict(self._next)}
 
     def exhausted(self) -> bool:
-        return False
+        return self._finishing and self._read_to_end()
+
+    def finish(self) -> None:
+        self._finishing = True
+
+    def _read_to_end(self) -> bool:
+        """Every partition read up to its end, as the last fetch response reported it
+        (tansu's end_offsets() is the last batch's base offset, so it cannot be used)."""
+        for tp in self.partitions:
+            high = self.consumer.highwater(tp)
+            if high is None or self._next.get(tp.partition, 0) < high:
+                return False
+        return True
 
     def commit(self, positions: Positions) -> None:
         """Record the published positions in the group too (for lag monitoring)."""
@@ -146,6 +164,9 @@ class FileLabelSource:
 
     def exhausted(self) -> bool:
         return self._next >= len(self._lines)
+
+    def finish(self) -> None:
+        pass  # a file is finished already
 
     def commit(self, positions: Positions) -> None:
         pass

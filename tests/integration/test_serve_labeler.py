@@ -98,6 +98,7 @@ def test_attach_runs_only_the_bridge_and_leaves_the_app_running(
     import subprocess
     import sys
 
+    import ray
     from ray import serve
 
     from ramo_stream.config import flat_settings
@@ -129,12 +130,19 @@ def test_attach_runs_only_the_bridge_and_leaves_the_app_running(
               route_prefix=None)  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAMO_", "RAY_ADDRESS"))}
     env.update({"RAMO_" + k.upper().replace(".", "__"): str(v) for k, v in overrides.items()})
+    # The cluster is named, never discovered: other Ray clusters may run on this machine.
+    address = ray.get_runtime_context().gcs_address
+    attach = [sys.executable, "-m", "ramo_stream.cli", "labeler", "--ray-address", address]
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "ramo_stream.cli", "labeler", "--attach", app,
-             "--idle-timeout", "8"],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        missing = subprocess.run(attach + ["--attach", "no-such-app", "--idle-timeout", "1"],
+                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert missing.returncode != 0
+        assert f"no Serve application 'no-such-app' on the Ray cluster at {address}" in (
+            missing.stderr
+        ), missing.stderr[-2000:]
+        assert app in missing.stderr.splitlines()[-1]  # the apps it found are listed
+        done = subprocess.run(attach + ["--attach", app, "--idle-timeout", "8"],
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         labels = [LabeledPair.model_validate_json(v) for v in read_all(broker, labels_topic)]
         assert sorted(lp.pair_id for lp in labels) == sorted(p.pair_id for p in pairs)
