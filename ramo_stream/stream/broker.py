@@ -81,6 +81,24 @@ def _answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
         admin.close()
 
 
+def _shielded_child() -> None:
+    """Run in the broker's process before exec. Ctrl-C in a terminal sends SIGINT to the
+    whole foreground process group, broker included, while the command that owns the
+    broker still needs it to drain (`ramo up`); so SIGINT is blocked there, as Ray does
+    for its own processes, and the owner stops it with SIGTERM. On Linux the broker also
+    gets SIGTERM if its owner dies without stopping it (kill -9), so none is orphaned;
+    that is tied to the thread that starts it, so start a broker from a thread that
+    outlives it (every caller uses the main thread)."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class EmbeddedBroker:
     """A tansu process on 127.0.0.1, memory storage. Stopped by its pid, never by name."""
 
@@ -122,7 +140,8 @@ class EmbeddedBroker:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         # tansu reads CLUSTER_ID, LISTENER_URL, ... from the environment: keep ours out of it.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR", "LANG")}
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                      preexec_fn=_shielded_child)  # fmt: skip
         if out is not subprocess.DEVNULL:
             out.close()
         deadline = time.monotonic() + self.start_timeout_s

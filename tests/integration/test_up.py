@@ -93,7 +93,9 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
         assert tail.returncode == 0, tail.stderr
         assert "started an embedded broker" not in tail.stderr
         assert len(tail.stdout.strip().splitlines()) == 4, tail.stdout
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        # Ctrl-C as a terminal sends it: to the whole foreground process group, so the
+        # broker and Ray's processes get it too and must outlive it for the drain.
+        os.killpg(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=600)
     finally:
         stop_polling.set()
