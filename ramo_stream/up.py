@@ -181,23 +181,25 @@ class LiveView:
         token = settings.serve.api_token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _topic_sizes(self, topics: list[str]) -> dict[str, int]:
+    def _topic_sizes(self, topics: list[str], polls: int = 10) -> dict[str, int]:
         """Records on each topic (all partitions), read from fetch high watermarks.
 
         end_offsets() alone is not enough: tansu answers it with the base offset of the
         last record batch. So each partition is read from there once, and the fetch
-        response's high watermark is the true end.
+        response's high watermark is the true end. ``polls`` x 100 ms bounds the wait.
         """
         from kafka import TopicPartition
 
         tps = [TopicPartition(t, p) for t in topics
                for p in sorted(self.consumer.partitions_for_topic(t) or [])]  # fmt: skip
-        if set(tps) != self.consumer.assignment():
-            self.consumer.assign(tps)
+        # A fresh assignment forgets the last sample's high watermarks, so the loop
+        # below waits for this sample's own fetch instead of reading a stale one.
+        self.consumer.unsubscribe()
+        self.consumer.assign(tps)
         ends = self.consumer.end_offsets(tps)
         for tp, end in ends.items():
             self.consumer.seek(tp, end)
-        for _ in range(10):
+        for _ in range(polls):
             self.consumer.poll(timeout_ms=100, max_records=1)
             if all(self.consumer.highwater(tp) is not None for tp in tps):
                 break
@@ -215,9 +217,9 @@ class LiveView:
         except httpx.HTTPError:
             return self.history[-1].scored if self.history else 0
 
-    def sample(self) -> Snapshot:
+    def sample(self, polls: int = 10) -> Snapshot:
         t = self.settings.topics
-        sizes = self._topic_sizes([t.pairs, t.labels, t.dlq])
+        sizes = self._topic_sizes([t.pairs, t.labels, t.dlq], polls)
         snap = Snapshot(time.monotonic(), sizes[t.pairs], sizes[t.labels], sizes[t.dlq],
                         self._scored())  # fmt: skip
         manifest = self.registry.current()
@@ -428,7 +430,7 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
                 bridge.halt(300)
                 trainer.halt(600)
                 if abort.is_set() and ephemeral and failed is None:
-                    snap = view.sample()
+                    snap = view.sample(polls=100)  # exact sizes for the count, not a view
                     pairs = max(0, snap.pairs - _committed(processor))
                     labels = max(0, snap.labels - snap.labels_read)
                     say(

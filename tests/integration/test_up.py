@@ -5,6 +5,7 @@ and served, then Ctrl-C and nothing left running."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,13 +36,8 @@ def _group_members(pgid: int) -> list[psutil.Process]:
     return alive
 
 
-@pytest.mark.timeout(1500)
-def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cache = tmp_path / "cache"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAMO_", "RAY_ADDRESS"))}
-    cmd = [
+def _up_command(models_dir: Path, cache: Path, port: int) -> list[str]:
+    return [
         sys.executable, "-m", "ramo_stream.cli", "up", "--demo", "--limit", str(PAIRS),
         "--view-every", "1",
         "--paths-cache-dir", str(cache), "--serve-port", str(port),
@@ -52,6 +48,19 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
         "--train-batch-pairs", "2", "--train-publish-every-steps", "1",
         "--train-publish-every-s", "3", "--train-heldout-every", "4",
     ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RAMO_", "RAY_ADDRESS"))}
+
+
+@pytest.mark.timeout(1500)
+def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cache = tmp_path / "cache"
+    env = _env()
+    cmd = _up_command(models_dir, cache, port)
     log_path = tmp_path / "up.log"
     registry = Registry(str(cache / "registry"))
     replies: list[tuple[float, int, int | None]] = []  # (time, status, model_version)
@@ -136,3 +145,45 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
     left += [p for p in (psutil.Process(pid) for pid in seen if psutil.pid_exists(pid))
              if p.status() != psutil.STATUS_ZOMBIE]  # fmt: skip
     assert not left, [(p.pid, p.name()) for p in left]
+
+
+@pytest.mark.timeout(1200)
+def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C twice as soon as the first version exists (most pairs still unlabeled): it
+    stops without draining, and the drop line accounts for every accepted pair."""
+    cache = tmp_path / "cache"
+    registry = Registry(str(cache / "registry"))
+    log_path = tmp_path / "up.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(_up_command(models_dir, cache, free_port()), env=_env(),
+                                stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None and not registry.versions():
+            time.sleep(0.5)
+        assert proc.poll() is None and registry.versions(), log_path.read_text()[-4000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        while "Ctrl-C again skips that" not in log_path.read_text() and proc.poll() is None:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = log_path.read_text()
+    assert rc == 0, out[-4000:]
+    found = re.search(r"dropped (\d+) accepted pairs not yet labeled and (\d+) labels", out)
+    assert found, out[-4000:]
+    pairs_dropped, labels_dropped = int(found[1]), int(found[2])
+    final = registry.current()
+    assert final is not None
+    labels_read = sum(final.offsets["ramo.labels"].values())
+    # Every accepted pair is either behind the final version, a label it did not read, or
+    # a pair never labeled; and the stop came early enough that some were dropped.
+    assert labels_read + labels_dropped + pairs_dropped == PAIRS, out[-4000:]
+    assert pairs_dropped + labels_dropped > 0, out[-4000:]
+    assert final.samples_seen + final.heldout_size == labels_read
