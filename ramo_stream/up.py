@@ -406,7 +406,8 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
             processor = make_bridge(settings, bootstrap, labeler)
             bridge.start(lambda ev, fin: _label(processor, ev, fin))
             trainer.start(lambda ev, fin: run_trainer(settings, bootstrap, stop_event=ev,
-                                                      finish_event=fin))  # fmt: skip
+                                                      finish_event=fin,
+                                                      new_topics=ephemeral))  # fmt: skip
             if options.files:
                 ingest.start(lambda ev, fin: _ingest(settings, bootstrap, options.files,
                                                      options.limit, ev, fin))  # fmt: skip

@@ -88,6 +88,7 @@ def run_trainer(
     from_file: Path | None = None,
     stop_event: threading.Event | None = None,
     finish_event: threading.Event | None = None,
+    new_topics: bool = False,
 ) -> Any:
     """Train until stopped (or idle / max_steps / end of file); return the last manifest.
 
@@ -95,6 +96,10 @@ def run_trainer(
     (a caller running this in a thread, such as `ramo up`), setting that event does.
     Setting ``finish_event`` instead first trains on everything on the labels topic (for
     a caller that has stopped the labels' producer and wants nothing left behind).
+    ``new_topics``: the labels topic was created for this run (an in-memory broker started
+    by the caller), so the read positions in the versions already published name records
+    of a topic that is gone: training continues from the current version's weights but
+    reads the new topic from its start.
     """
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -117,7 +122,10 @@ def run_trainer(
     # torch uses that many threads
     per_worker = {"CPU": t.worker_cpus or max(1, int(cpus) // t.workers)}
     stop = _stop_flag_class().remote()
+    current = Registry(registry_root(settings)).current()
     config = {
+        # positions in versions up to this one refer to another incarnation of the topic
+        "stale_positions_upto": current.version if new_topics and current else None,
         "settings": flat_settings(settings),
         "registry": registry_root(settings),
         "backbone": resolve(settings.models.reward_backbone, settings.paths.models_dir),

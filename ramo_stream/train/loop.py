@@ -137,7 +137,11 @@ class Worker:
                     group.update(lr=self.t.lr, weight_decay=self.t.weight_decay)
         self.coll = _Collective(self.world)
         self.source = self._make_source(config)
-        self.source.seek(self.start.offsets if self.start else {})
+        stale_upto = config.get("stale_positions_upto")
+        stale = (
+            self.start is not None and stale_upto is not None and self.start.version <= stale_upto
+        )
+        self.source.seek(self.start.offsets if self.start and not stale else {})
         self.batcher = MicroBatcher(self.t.batch_pairs, self.t.batch_tokens)
         self.heldout: deque[_Item] = deque(maxlen=self.t.heldout_max)
         self.replay: deque[_Item] = deque(maxlen=self.t.replay_size)

@@ -152,9 +152,21 @@ def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
     models_dir: Path, tmp_path: Path
 ) -> None:
     """Ctrl-C twice as soon as the first version exists (most pairs still unlabeled): it
-    stops without draining, and the drop line accounts for every accepted pair."""
+    stops without draining, and the drop line accounts for every accepted pair.
+
+    The registry starts with a version from an earlier run whose read positions name a
+    broker that is gone: the trainer keeps its weights but reads the new topic from the
+    start (positions taken at face value would skip the first 40 labels per partition)."""
+    from ramo_stream.reward.model import load_reward_model
+
     cache = tmp_path / "cache"
     registry = Registry(str(cache / "registry"))
+    model, tok = load_reward_model(models_dir / "all-minilm-l6-v2")
+    earlier = registry.publish(
+        lambda stage: (model.save_pretrained(stage), tok.save_pretrained(stage)),
+        steps=5, samples_seen=100, offsets={"ramo.labels": dict.fromkeys(range(4), 40)},
+        base_model="all-minilm-l6-v2",
+    )  # fmt: skip
     log_path = tmp_path / "up.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(_up_command(models_dir, cache, free_port()), env=_env(),
@@ -162,9 +174,9 @@ def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
                                 start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and proc.poll() is None and not registry.versions():
+        while time.monotonic() < deadline and proc.poll() is None and len(registry.versions()) < 2:
             time.sleep(0.5)
-        assert proc.poll() is None and registry.versions(), log_path.read_text()[-4000:]
+        assert proc.poll() is None and len(registry.versions()) >= 2, log_path.read_text()[-4000:]
         os.killpg(proc.pid, signal.SIGINT)
         while "Ctrl-C again skips that" not in log_path.read_text() and proc.poll() is None:
             time.sleep(0.2)
@@ -180,10 +192,10 @@ def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
     assert found, out[-4000:]
     pairs_dropped, labels_dropped = int(found[1]), int(found[2])
     final = registry.current()
-    assert final is not None
+    assert final is not None and final.version > earlier.version
     labels_read = sum(final.offsets["ramo.labels"].values())
     # Every accepted pair is either behind the final version, a label it did not read, or
     # a pair never labeled; and the stop came early enough that some were dropped.
     assert labels_read + labels_dropped + pairs_dropped == PAIRS, out[-4000:]
     assert pairs_dropped + labels_dropped > 0, out[-4000:]
-    assert final.samples_seen + final.heldout_size == labels_read
+    assert final.samples_seen - earlier.samples_seen + final.heldout_size == labels_read
