@@ -158,3 +158,42 @@ def test_kill_9_of_ramo_select_loses_no_pair(
     assert set(counts) == {p.pair_id for p in items}  # zero pairs lost
     assert sum(n - 1 for n in counts.values()) <= 10  # re-sent: at most the uncommitted poll
     assert committed_total(broker, topics["pairs"], f"g-{topics['pairs']}") == 200
+
+
+def test_served_model_follows_current_and_features_match_its_rewards(
+    minilm: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from ramo_stream.reward.model import load_reward_model
+    from ramo_stream.reward.registry import Registry
+    from ramo_stream.select.gate import ServedModel
+
+    settings = load_settings(None, {
+        "paths.cache_dir": str(tmp_path), "models.reward_backbone": str(minilm),
+        "select.reload_poll_s": 0.01, "select.max_length": 64,
+    })  # fmt: skip
+    served = ServedModel(settings)
+    assert served.refresh(0.0) and served.version is None  # the backbone before any version
+    registry = Registry(settings.paths.registry_dir)
+
+    def write(folder: Path) -> None:
+        model, tok = load_reward_model(minilm)
+        with torch.no_grad():
+            model.classifier.weight.normal_(generator=torch.Generator().manual_seed(1))
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    registry.publish(write, steps=1, samples_seen=0, offsets={}, base_model=str(minilm))
+    assert served.refresh(1.0) and served.version == 1
+    assert not served.refresh(2.0)  # unchanged CURRENT: nothing reloaded
+    items = pairs(7)
+    out = served.featurizer.pairs([p.prompt for p in items], [p.response_a for p in items],
+                                  [p.response_b for p in items])  # fmt: skip
+    # The features are what the version scores: its own rewards, through its head, again.
+    model = served.featurizer.model
+    r_a, r_b = torch.tensor(out.reward_a), torch.tensor(out.reward_b)
+    w = model.classifier.weight.detach().double().reshape(-1)
+    assert torch.allclose(out.x @ w, (r_a - r_b).double(), atol=1e-4)
+    assert torch.allclose(out.p, (r_a - r_b).double().sigmoid(), atol=1e-6)
+    assert out.x.shape == (7, served.featurizer.dim)
