@@ -197,7 +197,10 @@ def make_gate(
     settings: Settings, bootstrap: str, model: Any | None = None
 ) -> tuple[StreamProcessor[ResponsePair], SelectionGate]:
     """The gate's processor and its handler state. ``model``: default ``ServedModel``."""
-    s = settings.select
+    from ramo_stream.stream.broker import ensure_topics
+
+    s, t = settings.select, settings.topics
+    ensure_topics(bootstrap, t, [t.pairs, t.selected, t.skipped, t.dlq])
     writer = TopicWriter(make_producer(bootstrap, settings.kafka))
     gate = SelectionGate(settings, writer, model or ServedModel(settings))
     consumer = make_consumer(bootstrap, settings.kafka, s.group, settings.topics.pairs,
@@ -238,20 +241,28 @@ def run_gate(
             stop.wait(s.linger_s)
 
 
-def start_gate(
-    settings: Settings, bootstrap: str, stop: threading.Event
-) -> tuple[threading.Thread, SelectionGate]:
-    """Run the gate in a thread until ``stop`` is set (for ``ramo up``); returns the thread
-    and the gate, whose ``stats`` a live view can show."""
-    processor, gate = make_gate(settings, bootstrap)
+class GateRunner:
+    """The gate as a component of ``ramo up``: ``run(stop)`` blocks until ``stop`` is set;
+    ``stats`` (selected / skipped / budget) can be read from another thread meanwhile."""
 
-    def loop() -> None:
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.settings = settings
+        self.processor, self.gate = make_gate(settings, bootstrap)
+
+    @property
+    def stats(self) -> GateStats:
+        return self.gate.stats
+
+    def run(self, stop: threading.Event) -> GateStats:
         try:
-            run_gate(processor, settings, stop)
+            run_gate(self.processor, self.settings, stop)
         finally:
-            processor.close()
-            gate.writer.producer.close()
+            self.processor.close()
+            self.gate.writer.producer.close()
+        return self.gate.stats
 
-    thread = threading.Thread(target=loop, name="ramo-select", daemon=True)
-    thread.start()
-    return thread, gate
+
+def labeler_settings(settings: Settings) -> Settings:
+    """The settings a labeler behind the gate uses: it reads the selected topic as its pairs."""
+    topics = settings.topics.model_copy(update={"pairs": settings.topics.selected})
+    return settings.model_copy(update={"topics": topics})

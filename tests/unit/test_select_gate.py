@@ -102,3 +102,12 @@ def test_all_sends_every_pair_to_the_labeler() -> None:
     w = FakeWriter()
     gate(w, window_pairs=10, budget=1, strategy="all").handle(batch(25))
     assert [t for t, _ in w.sent] == ["ramo.selected"] * 25
+
+
+def test_a_labeler_behind_the_gate_reads_the_selected_topic() -> None:
+    from ramo_stream.select.gate import labeler_settings
+
+    settings = load_settings(None, {"topics.selected": "sel"})
+    behind = labeler_settings(settings)
+    assert behind.topics.pairs == "sel" and settings.topics.pairs == "ramo.pairs"
+    assert behind.topics.labels == settings.topics.labels
