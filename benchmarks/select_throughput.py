@@ -40,7 +40,9 @@ from label_throughput import load_pairs  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def gate_rate(bootstrap: str, backbone: Path, pairs: list[ResponsePair], cache: Path) -> float:
+def gate_rate(
+    bootstrap: str, backbone: Path, pairs: list[ResponsePair], cache: Path
+) -> tuple[float, float]:
     from ramo_stream.select.gate import ServedModel, make_gate, run_gate
 
     tag = uuid.uuid4().hex[:8]
@@ -62,19 +64,20 @@ def gate_rate(bootstrap: str, backbone: Path, pairs: list[ResponsePair], cache: 
     model.refresh(time.monotonic())  # load outside the clock, as a running gate has it
     model.featurizer.pairs([pairs[0].prompt], [pairs[0].response_a], [pairs[0].response_b])
     processor, gate = make_gate(settings, bootstrap, model=model)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     run_gate(processor, settings, until_caught_up=True, idle_timeout_s=120)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     processor.close()
     gate.writer.producer.close()
     st = gate.stats
     assert st.seen == len(pairs) and st.selected + st.skipped == len(pairs), st
     print(f"gate ({backbone.name}): {len(pairs)} pairs in {wall:.1f} s -> {st.selected} selected,"
-          f" {st.skipped} skipped; {len(pairs) / wall:.2f} pairs/s", flush=True)  # fmt: skip
-    return len(pairs) / wall
+          f" {st.skipped} skipped; {len(pairs) / wall:.2f} pairs/s, {len(pairs) / cpu:.2f} per"
+          " CPU-s", flush=True)  # fmt: skip
+    return len(pairs) / wall, len(pairs) / cpu
 
 
-def labeler_rate(models: Path, pairs: list[ResponsePair]) -> float:
+def labeler_rate(models: Path, pairs: list[ResponsePair]) -> tuple[float, float]:
     from ramo_stream.core.rules import load_pool
     from ramo_stream.grading.transformers_backend import TransformersGrader
     from ramo_stream.labeling import Labeler
@@ -86,11 +89,13 @@ def labeler_rate(models: Path, pairs: list[ResponsePair]) -> float:
     labeling = settings.labeling.model_copy(update={"selector": "random"})
     labeler = Labeler(grader, pool, labeling, None)
     labeler.label(pairs[:1])  # warm-up, not timed
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     labeler.label(pairs[1:])
-    rate = (len(pairs) - 1) / (time.perf_counter() - started)
-    print(f"labeler (random selector, k={labeling.k}): {rate:.3f} pairs/s", flush=True)
-    return rate
+    n = len(pairs) - 1
+    rate, per_cpu = n / (time.perf_counter() - started), n / (time.process_time() - cpu)
+    print(f"labeler (random selector, k={labeling.k}): {rate:.3f} pairs/s, {per_cpu:.3f} per"
+          " CPU-s", flush=True)  # fmt: skip
+    return rate, per_cpu
 
 
 def main() -> int:
@@ -104,26 +109,32 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     models = load_settings().paths.models_dir
     pairs, source = load_pairs(max(args.pairs, args.decoder_pairs, args.label_pairs + 1))
-    rows: list[tuple[str, float]] = []
+    rows: list[tuple[str, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(port=0) as broker:
         for name, n in (("all-minilm-l6-v2", args.pairs), ("smollm2-135m-instruct",
                                                           args.decoder_pairs)):  # fmt: skip
-            rate = gate_rate(broker.bootstrap, prepare(name, models), pairs[:n], Path(tmp))
-            rows.append((f"gate, d-opt, reward backbone {name} ({n} pairs)", rate))
-    label = labeler_rate(models, pairs[: args.label_pairs + 1])
+            rate, per_cpu = gate_rate(broker.bootstrap, prepare(name, models), pairs[:n],
+                                      Path(tmp))  # fmt: skip
+            rows.append((f"gate, d-opt, reward backbone {name} ({n} pairs)", rate, per_cpu))
+    label, label_cpu = labeler_rate(models, pairs[: args.label_pairs + 1])
     lines = [
         f"# selection gate throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"command: `python benchmarks/select_throughput.py {' '.join(sys.argv[1:])}`",
         f"machine: {platform.machine()}, {args.threads} torch threads, CPU (shared with other"
         f" jobs: figures are noisy); pairs from {source}; gate defaults (max_length"
-        " 512, batch 32, window 100 pairs, budget 10)",
+        " 512, batch 32, window 100 pairs, budget 10). The stages run one after the other, so"
+        " under a changing load the wall-clock ratio can mislead; pairs per CPU-second (this"
+        " process's CPU time, all threads) is the steadier comparison.",
         "",
-        "| stage | pairs / s | vs labeler |",
-        "|---|---:|---:|",
-        *[f"| {n} | {r:.2f} | {r / label:.1f}x |" for n, r in rows],
+        "| stage | pairs / s (wall) | vs labeler | pairs / CPU-s | vs labeler |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {n} | {r:.2f} | {r / label:.1f}x | {c:.2f} | {c / label_cpu:.1f}x |"
+            for n, r, c in rows
+        ],  # fmt: skip
         f"| labeler, transformers SmolLM2-135M, random selector ({args.label_pairs} pairs)"
-        f" | {label:.3f} | 1.0x |",
+        f" | {label:.3f} | 1.0x | {label_cpu:.3f} | 1.0x |",
         "",
     ]
     report = "\n".join(lines)

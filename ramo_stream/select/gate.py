@@ -137,12 +137,13 @@ class SelectionGate:
             self._reset_info(self.model.featurizer.dim)
         assert self.info is not None
         # A failed write makes the processor call again with the same batch: undo first.
-        saved = (self.info.m_inv, self.info.labeled, self.budget.credit, self.rng.getstate())
+        info, budget, rng = self.info, self.budget, self.rng
+        saved = (info.m_inv, info.labeled, budget.credit, budget._last, rng.getstate())
         try:
             self._handle(batch, started)
         except BaseException:
-            self.info.m_inv, self.info.labeled, self.budget.credit = saved[:3]
-            self.rng.setstate(saved[3])
+            info.m_inv, info.labeled, budget.credit, budget._last = saved[:4]
+            rng.setstate(saved[4])
             raise
         self.stats.busy_s += time.monotonic() - started
 
