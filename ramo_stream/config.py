@@ -76,6 +76,14 @@ class TopicSettings(_Section):
     pairs: str = Field(default="ramo.pairs", description="Incoming response pairs.")
     labels: str = Field(default="ramo.labels", description="Labeled pairs.")
     dlq: str = Field(default="ramo.dlq", description="Dead letters: reason + original bytes.")
+    selected: str = Field(
+        default="ramo.selected",
+        description="Pairs the selection gate sends to the labeler (`ramo select`).",
+    )
+    skipped: str = Field(
+        default="ramo.skipped",
+        description="Pairs the selection gate did not send, with their score (label them later).",
+    )
     partitions: int = Field(default=4, ge=1, description="Partitions of topics created on start.")
     replication_factor: int = Field(default=1, ge=1, description="Replicas of created topics.")
 
@@ -433,6 +441,80 @@ class ServeSettings(_Section):
 _YAML_FILE: ContextVar[Path | None] = ContextVar("ramo_yaml_file", default=None)
 
 
+class SelectSettings(_Section):
+    """The selection gate between the pairs topic and the labeler (`ramo select`)."""
+
+    strategy: Literal["d-opt", "uncertainty", "random", "all"] = Field(
+        default="d-opt",
+        description="Which pairs to label: d-opt (p(1-p) x^T M^-1 x, Fisher information of the"
+        " reward head), uncertainty (p(1-p)), random, all (no gate: every pair is selected).",
+    )
+    window_pairs: int | None = Field(
+        default=100,
+        ge=1,
+        description="A window is this many arriving pairs (set window_s instead for a time"
+        " window; exactly one of the two). A poll with fewer pairs is a partial window with a"
+        " pro-rated budget.",
+    )
+    window_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="A window is the pairs that arrived in this many seconds (the gate polls"
+        " once per window).",
+    )
+    budget: float = Field(
+        default=10.0,
+        ge=0,
+        description="Pairs per window sent to the labeler; set it to what the labeler"
+        " sustains (benchmarks/label_throughput.py measures it). Fractions carry over.",
+    )
+    lam: float = Field(
+        default=1.0, gt=0, description="lambda of M = sum p(1-p) x x^T + lambda I (its prior)."
+    )
+    greedy: bool = Field(
+        default=False,
+        description="d-opt: pick a window's pairs one at a time, re-scoring the rest against"
+        " the updated M (avoids near-duplicates); else the top-k scores of the window.",
+    )
+    keep_m_on_new_version: bool = Field(
+        default=False,
+        description="Keep M when a new reward-model version is served (its features moved, so"
+        " M is then an approximation); else restart from lambda I.",
+    )
+    reload_poll_s: float = Field(
+        default=5.0, gt=0, description="How often the registry's CURRENT is checked."
+    )
+    max_length: int = Field(default=512, ge=8, description="Tokens per response, from the end.")
+    batch: int = Field(default=32, ge=1, description="Responses per forward pass.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where features are computed; auto: cuda when present."
+    )
+    max_in_flight: int = Field(
+        default=1000, ge=1, description="Most pairs polled (and held uncommitted) at once."
+    )
+    linger_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="After a poll smaller than a window, wait this long so the next fills.",
+    )
+    group: str = Field(default="ramo-select", description="Consumer group on the pairs topic.")
+    seed: int = Field(default=0, description="Seed of the random strategy.")
+
+    @model_validator(mode="after")
+    def _one_window(self) -> SelectSettings:
+        if (self.window_pairs is None) == (self.window_s is None):
+            raise ValueError(
+                f"set exactly one of window_pairs ({self.window_pairs}) and window_s"
+                f" ({self.window_s}); e.g. select.window_pairs=null with select.window_s=10"
+            )
+        if self.window_pairs is not None and self.window_pairs > self.max_in_flight:
+            raise ValueError(
+                f"window_pairs={self.window_pairs} exceeds max_in_flight={self.max_in_flight}:"
+                " a window must fit in one poll; raise select.max_in_flight"
+            )
+        return self
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Reads the YAML file chosen for this load_settings() call (if any)."""
 
@@ -472,6 +554,7 @@ class Settings(BaseSettings):
     labeling: LabelingSettings = Field(default_factory=LabelingSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    select: SelectSettings = Field(default_factory=SelectSettings)
 
     @field_validator("kafka")
     @classmethod
