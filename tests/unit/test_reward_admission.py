@@ -1,0 +1,85 @@
+"""Admission control of a reward-model replica (pure): token estimates, the deadline header,
+the measured speed, and which requests are refused with which error."""
+
+from __future__ import annotations
+
+import pytest
+
+from ramo_stream.schemas import ChatMessage
+from ramo_stream.serve.reward_admission import (
+    Admission,
+    Throughput,
+    estimate_tokens,
+    request_timeout,
+)
+from ramo_stream.serve.reward_protocol import InvalidInput, Overloaded, TooLarge
+
+
+def test_token_estimate_counts_prompt_and_response_and_is_capped() -> None:
+    assert estimate_tokens("", "", 512) == 8  # the template alone
+    assert estimate_tokens("a" * 400, "b" * 400, 512) == 8 + 200
+    chat = [ChatMessage(role="user", content="a" * 40), {"role": "assistant", "content": "b" * 40}]
+    assert estimate_tokens(chat, "c" * 40, 512) == 8 + 30
+    assert estimate_tokens("a" * 1_000_000, "", 512) == 512  # truncated to max_length
+
+
+@pytest.mark.parametrize("header", ["abc", "0", "-1", "nan", "inf"])
+def test_a_bad_timeout_header_is_422_naming_it(header: str) -> None:
+    with pytest.raises(InvalidInput, match="X-Request-Timeout"):
+        request_timeout(header, 10.0, 60.0)
+
+
+def test_timeout_header_defaults_and_is_capped() -> None:
+    assert request_timeout(None, 10.0, 60.0) == 10.0
+    assert request_timeout(" ", 10.0, 60.0) == 10.0
+    assert request_timeout("2.5", 10.0, 60.0) == 2.5
+    assert request_timeout("600", 10.0, 60.0) == 60.0
+
+
+def test_throughput_weighs_batches_by_model_time() -> None:
+    t = Throughput(half_life_s=1e9)  # no fading: a plain time-weighted mean
+    assert t.tokens_per_s is None
+    t.observe(1000, 1.0)
+    t.observe(10, 0.01)  # a tiny batch barely moves a speed measured over a second
+    assert t.tokens_per_s == pytest.approx(1010 / 1.01)
+    t.observe(5, 0.0)  # no time: ignored
+    faded = Throughput(half_life_s=1.0)
+    faded.observe(1000, 1.0)
+    for _ in range(10):
+        faded.observe(100, 1.0)  # the speed moves to the recent 100 tokens/s
+    assert faded.tokens_per_s == pytest.approx(100, rel=0.01)
+
+
+def admission(rate: float | None, cap: int = 10_000) -> Admission:
+    t = Throughput()
+    if rate is not None:
+        t.observe(int(rate), 1.0)
+    return Admission(cap, t)
+
+
+def test_admits_what_fits_before_the_deadline() -> None:
+    admission(1000).check(queued=4000, cost=1000, timeout_s=5.0)  # done in 5 s: admitted
+    admission(None).check(queued=9000, cost=1000, timeout_s=0.1)  # no speed yet: cap only
+
+
+def test_refuses_past_the_token_cap_with_retry_after() -> None:
+    with pytest.raises(Overloaded, match="max_queued_tokens=10000") as e:
+        admission(1000).check(queued=9500, cost=1000, timeout_s=None)
+    assert e.value.retry_after_s == pytest.approx(1.0)  # 500 tokens over, at 1000/s: >= 1 s
+    with pytest.raises(Overloaded) as e:
+        admission(100).check(queued=9500, cost=1000, timeout_s=None)
+    assert e.value.retry_after_s == pytest.approx(5.0)
+
+
+def test_refuses_what_would_finish_past_its_deadline() -> None:
+    with pytest.raises(Overloaded, match="past its deadline of 2 s") as e:
+        admission(1000).check(queued=3000, cost=500, timeout_s=2.0)
+    assert e.value.retry_after_s == pytest.approx(1.5)  # 3.5 s of work for a 2 s deadline
+    assert e.value.body()["error"]["type"] == "overloaded"
+
+
+def test_a_request_that_can_never_fit_is_413_not_a_retry() -> None:
+    with pytest.raises(TooLarge, match="max_queued_tokens=10000"):
+        admission(1000).check(queued=0, cost=10_001, timeout_s=None)
+    with pytest.raises(TooLarge, match="over its deadline of 2 s"):
+        admission(1000).check(queued=0, cost=3000, timeout_s=2.0)
