@@ -26,6 +26,7 @@ token bound applies.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,6 +96,33 @@ class Throughput:
     @property
     def tokens_per_s(self) -> float | None:
         return self._tokens / self._seconds if self._seconds > 0 else None
+
+
+class InFlight:
+    """Tokens sent to the model and not yet answered, as the (single) ingress sees them, and
+    the speed at which they are answered while there are any: completed tokens over busy
+    time, in windows of at least ``window_s``. The ingress refuses with this before a
+    request travels to a replica, so a refusal costs no routing and no replica time."""
+
+    def __init__(self, throughput: Throughput, window_s: float = 0.5) -> None:
+        self.throughput, self.window_s = throughput, window_s
+        self.tokens = 0
+        self._mark = 0.0  # start of the current measuring window
+        self._done = 0  # tokens completed in it
+
+    def start(self, cost: int) -> None:
+        if self.tokens == 0:
+            self._mark, self._done = time.monotonic(), 0  # idle time is not measured
+        self.tokens += cost
+
+    def finish(self, cost: int, completed: bool) -> None:
+        self.tokens -= cost
+        if completed:
+            self._done += cost
+        now = time.monotonic()
+        if self._done and (self.tokens == 0 or now - self._mark >= self.window_s):
+            self.throughput.observe(self._done, now - self._mark)
+            self._mark, self._done = now, 0
 
 
 class Admission:

@@ -34,7 +34,14 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from ramo_stream.schemas import describe_validation_error
-from ramo_stream.serve.reward_admission import TIMEOUT_HEADER, request_timeout
+from ramo_stream.serve.reward_admission import (
+    TIMEOUT_HEADER,
+    Admission,
+    InFlight,
+    Throughput,
+    estimate_tokens,
+    request_timeout,
+)
 from ramo_stream.serve.reward_metrics import CONTENT_TYPE, HttpMetrics
 from ramo_stream.serve.reward_protocol import (
     REPLICA_LOST,
@@ -197,12 +204,35 @@ class HandleBackend:
 
     GONE = (RayActorError,)  # the replica died under the request, or is unreachable
 
-    def __init__(self, handle: DeploymentHandle, info_timeout_s: float) -> None:
+    def __init__(
+        self, handle: DeploymentHandle, info_timeout_s: float, max_length: int,
+        max_queued_tokens: int,
+    ) -> None:  # fmt: skip
         self.handle = handle
         self.info_timeout_s = info_timeout_s
+        self.max_length = max_length
+        throughput = Throughput()
+        self.in_flight = InFlight(throughput)
+        self.admission = Admission(max_queued_tokens, throughput)
 
     async def score(
         self, items: list[Item], version: int | None, timeout_s: float | None = None
+    ) -> tuple[list[float], int]:
+        """Admission first (the queue of every replica, as this one ingress sees it), then
+        the model; the replicas check again, against their own queues."""
+        cost = sum(estimate_tokens(p, r, self.max_length) for p, r in items)
+        self.admission.check(self.in_flight.tokens, cost, timeout_s)
+        self.in_flight.start(cost)
+        completed = False
+        try:
+            rewards, used = await self._score(items, version, timeout_s)
+            completed = True
+            return rewards, used
+        finally:
+            self.in_flight.finish(cost, completed)
+
+    async def _score(
+        self, items: list[Item], version: int | None, timeout_s: float | None
     ) -> tuple[list[float], int]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for attempt in (1, 2):  # scoring is idempotent: a request lost with a replica is resent
@@ -270,7 +300,10 @@ class RewardIngress:
         s = args.settings().serve
         self.max_body = s.max_body_bytes
         self.model = model
-        self.service = RewardService(HandleBackend(model, s.health_timeout_s), s.max_items)
+        most = s.autoscaling_max_replicas or s.replicas
+        backend = HandleBackend(model, s.health_timeout_s, s.max_length,
+                                s.max_queued_tokens * most)  # fmt: skip
+        self.service = RewardService(backend, s.max_items)
         self.timeouts = (s.request_timeout_s, s.max_request_timeout_s)
         app.state.api_token = s.api_token
         app.state.metrics = self.http_metrics = HttpMetrics()
