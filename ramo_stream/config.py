@@ -680,6 +680,7 @@ def settings_fields() -> list[tuple[str, str, Any, str]]:
             else:
                 non_none = [a for a in get_args(sub.annotation) if a is not type(None)]
                 shown = non_none[0] if non_none else sub.annotation
+                shown = getattr(shown, "__origin__", shown) if _marked(shown) else shown
                 type_name = getattr(shown, "__name__", str(shown))
             rows.append((f"{section}.{key}", type_name, default, sub.description or ""))
     return rows

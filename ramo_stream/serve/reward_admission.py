@@ -13,9 +13,10 @@ tokens per second, with a deadline ``d`` seconds away, is
 - refused with 413 if ``c > max_queued_tokens`` (it never fits), or if ``c / r > d`` (even an
   empty replica cannot finish it in time: retrying the same request cannot help);
 - refused with 503 ``overloaded`` and ``Retry-After`` if ``q + c > max_queued_tokens``, or if
-  ``(q + c) / r > d``: it would finish after its deadline, so the client learns that now, in
-  milliseconds, instead of timing out; Retry-After is the time the queue needs to drain by
-  ``c``.
+  ``(q + c) / r > HEADROOM * d``: it would finish after its deadline, so the client learns
+  that now, in milliseconds, instead of timing out; Retry-After is the time the queue needs
+  to drain by ``c``. HEADROOM (0.8) leaves a fifth of the deadline for what the prediction
+  misses: HTTP hops, batch formation, a speed that drops under load.
 
 ``(q + c) / r`` is pessimistic for a small request (round-robin batching lets it finish
 before the queue ahead of it) and exact for a large one; shedding a little early under
@@ -37,6 +38,7 @@ from ramo_stream.serve.reward_protocol import InvalidInput, Overloaded, TooLarge
 CHARS_PER_TOKEN = 4
 TEMPLATE_TOKENS = 8
 TIMEOUT_HEADER = "x-request-timeout"
+HEADROOM = 0.8
 
 
 def _chars(prompt: Any) -> int:
@@ -154,11 +156,12 @@ class Admission:
                 " Retry-After seconds",
                 retry_after_s=max(1.0, wait),
             )
-        if timeout_s is not None and rate is not None and (queued + cost) / rate > timeout_s:
+        budget = None if timeout_s is None else HEADROOM * timeout_s
+        if budget is not None and rate is not None and (queued + cost) / rate > budget:
             finish = (queued + cost) / rate
             raise Overloaded(
                 f"the service is overloaded: with about {queued} tokens queued ahead, this"
-                f" request would finish in about {finish:.1f} s, past its deadline of"
-                f" {timeout_s:g} s; retry after the Retry-After seconds",
-                retry_after_s=max(1.0, finish - timeout_s),
+                f" request would finish in about {finish:.1f} s, too close to or past its"
+                f" deadline of {timeout_s:g} s; retry after the Retry-After seconds",
+                retry_after_s=max(1.0, finish - budget),
             )

@@ -97,3 +97,10 @@ def test_config_output_masks_secrets(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     assert TOKEN not in out
     assert yaml.safe_load(out)["serve"]["api_token"] == MASK
+
+
+def test_secret_fields_show_as_str_in_the_cli_help() -> None:
+    from ramo_stream.config import settings_fields
+
+    types = {key: type_name for key, type_name, _, _ in settings_fields()}
+    assert types["serve.api_token"] == "str" and types["grader.openai_api_key"] == "str"

@@ -58,7 +58,7 @@ def admission(rate: float | None, cap: int = 10_000) -> Admission:
 
 
 def test_admits_what_fits_before_the_deadline() -> None:
-    admission(1000).check(queued=4000, cost=1000, timeout_s=5.0)  # done in 5 s: admitted
+    admission(1000).check(queued=3000, cost=1000, timeout_s=5.0)  # 4 s of 5: admitted
     admission(None).check(queued=9000, cost=1000, timeout_s=0.1)  # no speed yet: cap only
 
 
@@ -74,7 +74,9 @@ def test_refuses_past_the_token_cap_with_retry_after() -> None:
 def test_refuses_what_would_finish_past_its_deadline() -> None:
     with pytest.raises(Overloaded, match="past its deadline of 2 s") as e:
         admission(1000).check(queued=3000, cost=500, timeout_s=2.0)
-    assert e.value.retry_after_s == pytest.approx(1.5)  # 3.5 s of work for a 2 s deadline
+    assert e.value.retry_after_s == pytest.approx(1.9)  # 3.5 s of work for 0.8 x 2 s
+    with pytest.raises(Overloaded):  # 4.5 s of 5: inside the deadline, not its headroom
+        admission(1000).check(queued=4000, cost=500, timeout_s=5.0)
     assert e.value.body()["error"]["type"] == "overloaded"
 
 
