@@ -100,35 +100,29 @@ class Throughput:
         return self._tokens / self._seconds if self._seconds > 0 else None
 
 
-class InFlight:
-    """Tokens sent to the model and not yet answered, as the (single) ingress sees them, and
-    the speed at which they are answered while there are any: completed tokens over busy
-    time, in windows of at least ``window_s``. The ingress refuses with this before a
-    request travels to a replica, so a refusal costs no routing and no replica time."""
+class ReplicaRates:
+    """The model's speed as the ingress knows it: each replica reports its own
+    ``Throughput`` (model time only, so a wait for a restarting replica or a slow HTTP hop
+    does not read as a slow model) with every answer; the sum over replicas heard from in
+    the last ``fresh_s`` seconds is the service's speed."""
 
-    def __init__(self, throughput: Throughput, window_s: float = 0.5) -> None:
-        self.throughput, self.window_s = throughput, window_s
-        self.tokens = 0
-        self._mark = 0.0  # start of the current measuring window
-        self._done = 0  # tokens completed in it
+    def __init__(self, fresh_s: float = 30.0) -> None:
+        self.fresh_s = fresh_s
+        self._rates: dict[str, tuple[float, float]] = {}  # replica -> (tokens/s, when)
 
-    def start(self, cost: int) -> None:
-        if self.tokens == 0:
-            self._mark, self._done = time.monotonic(), 0  # idle time is not measured
-        self.tokens += cost
+    def report(self, replica: str, tokens_per_s: float | None) -> None:
+        if tokens_per_s is not None and tokens_per_s > 0:
+            self._rates[replica] = (tokens_per_s, time.monotonic())
 
-    def finish(self, cost: int, completed: bool) -> None:
-        self.tokens -= cost
-        if completed:
-            self._done += cost
+    @property
+    def tokens_per_s(self) -> float | None:
         now = time.monotonic()
-        if self._done and (self.tokens == 0 or now - self._mark >= self.window_s):
-            self.throughput.observe(self._done, now - self._mark)
-            self._mark, self._done = now, 0
+        self._rates = {k: v for k, v in self._rates.items() if now - v[1] <= self.fresh_s}
+        return sum(rate for rate, _ in self._rates.values()) or None
 
 
 class Admission:
-    def __init__(self, max_queued_tokens: int, throughput: Throughput) -> None:
+    def __init__(self, max_queued_tokens: int, throughput: Throughput | ReplicaRates) -> None:
         self.max_queued_tokens = max_queued_tokens
         self.throughput = throughput
 

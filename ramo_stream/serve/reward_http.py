@@ -37,8 +37,7 @@ from ramo_stream.schemas import describe_validation_error
 from ramo_stream.serve.reward_admission import (
     TIMEOUT_HEADER,
     Admission,
-    InFlight,
-    Throughput,
+    ReplicaRates,
     estimate_tokens,
     request_timeout,
 )
@@ -211,9 +210,9 @@ class HandleBackend:
         self.handle = handle
         self.info_timeout_s = info_timeout_s
         self.max_length = max_length
-        throughput = Throughput()
-        self.in_flight = InFlight(throughput)
-        self.admission = Admission(max_queued_tokens, throughput)
+        self.rates = ReplicaRates()
+        self.admission = Admission(max_queued_tokens, self.rates)
+        self.in_flight = 0  # estimated tokens sent to the replicas and not yet answered
 
     async def score(
         self, items: list[Item], version: int | None, timeout_s: float | None = None
@@ -221,15 +220,12 @@ class HandleBackend:
         """Admission first (the queue of every replica, as this one ingress sees it), then
         the model; the replicas check again, against their own queues."""
         cost = sum(estimate_tokens(p, r, self.max_length) for p, r in items)
-        self.admission.check(self.in_flight.tokens, cost, timeout_s)
-        self.in_flight.start(cost)
-        completed = False
+        self.admission.check(self.in_flight, cost, timeout_s)
+        self.in_flight += cost
         try:
-            rewards, used = await self._score(items, version, timeout_s)
-            completed = True
-            return rewards, used
+            return await self._score(items, version, timeout_s)
         finally:
-            self.in_flight.finish(cost, completed)
+            self.in_flight -= cost
 
     async def _score(
         self, items: list[Item], version: int | None, timeout_s: float | None
@@ -241,9 +237,10 @@ class HandleBackend:
                 break
             call = self.handle.score.remote(items, version, left)
             try:
-                # The replica sheds on its own by the deadline; the margin covers the
-                # replica's round trip. Past it the replica is stuck or gone: give up.
-                result = await asyncio.wait_for(_await(call), None if left is None else left + 1)
+                # The replica drops what still waits at the deadline; a batch running then
+                # is not interrupted, so the ingress gives up at the deadline itself: an
+                # answer after it would reach a client that has stopped waiting.
+                result = await asyncio.wait_for(_await(call), left)
             except TimeoutError:
                 call.cancel()
                 break
@@ -259,7 +256,8 @@ class HandleBackend:
                 continue
             if isinstance(result, ServiceError):
                 raise result
-            rewards, used = result
+            rewards, used, tokens_per_s, replica = result
+            self.rates.report(replica, tokens_per_s)
             return rewards, used
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded(

@@ -22,6 +22,7 @@ replica's token queue and can finish before its deadline; if not it is refused a
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -186,6 +187,10 @@ class RewardModelServer:
         threading.Thread(target=self.pool.watch, args=(self._stop, s.reload_poll_s),
                          name="ramo-reward-watcher", daemon=True).start()  # fmt: skip
         self.throughput = Throughput()
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (a test building the class directly)
+            self.replica_id = f"pid-{os.getpid()}"
         self.admission = Admission(s.max_queued_tokens, self.throughput)
         self.batcher = DynamicBatcher(
             self._score_batch, s.max_batch_size, s.batch_wait_timeout_s,
@@ -199,8 +204,9 @@ class RewardModelServer:
 
     async def score(
         self, items: list[Item], version: int | None, timeout_s: float | None = None
-    ) -> tuple[list[float], int] | ServiceError:
-        """Rewards of ``items``, all from one version, and that version; or the error.
+    ) -> tuple[list[float], int, float | None, str] | ServiceError:
+        """Rewards of ``items``, all from one version, that version, this replica's measured
+        speed and its id (the ingress's admission control sums the speeds); or the error.
 
         ``timeout_s``: the request's deadline, from now. An expected error (no model yet, a
         version not loaded, overload) is returned, not raised: a raise would log a traceback
@@ -223,7 +229,7 @@ class RewardModelServer:
             return e
         finally:
             self.metrics.queued_tokens.set(self.batcher.queued_cost)
-        return values, loaded.version
+        return values, loaded.version, self.throughput.tokens_per_s, self.replica_id
 
     def _score_batch(self, items: list[BatchItem]) -> list[float]:  # in the batcher's thread
         started = time.perf_counter()

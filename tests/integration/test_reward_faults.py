@@ -123,9 +123,9 @@ def test_overload_is_shed_at_once_with_retry_after(
     # Refused before any queue: faster than admitted work. (Absolute figures on an idle
     # machine are benchmarks/serve_overload.py's; this CPU is shared with other test runs.)
     assert shed_median < ok_median, (shed_median, ok_median)
-    # The deadline (4 s) plus the ingress's 1 s margin for a stuck replica, plus HTTP on a
-    # shared CPU: nothing admitted runs on unbounded.
-    assert admitted[-1] < 7.0, admitted[-5:]
+    # The deadline (4 s), plus the HTTP hops on a shared CPU: nothing admitted runs on
+    # unbounded (the ingress answers 503 deadline_exceeded at the deadline).
+    assert admitted[-1] < 6.0, admitted[-5:]
     print(f"\noverload: {len(ok)} admitted (median {ok_median:.2f}s, slowest"
           f" {admitted[-1]:.2f}s), {len(shed)} shed (median"
           f" {shed_median * 1000:.0f} ms)")  # fmt: skip
@@ -215,7 +215,8 @@ def test_sigkill_of_the_replica_under_load_loses_no_unpinned_request(
     assert all(s in (200, 503) for _, s, _ in raw), {s for _, s, _ in raw}
     for _, status, body in raw:
         if status != 200:
-            assert '"unavailable"' in body or '"deadline_exceeded"' in body, body
+            kind = body.split('"type":"')[1].split('"')[0]
+            assert kind in ("unavailable", "deadline_exceeded", "overloaded"), body
             assert not any(word in body for word in INTERNALS), body
     # /health never hangs: each probe is answered (200, or 503 while no replica is ready)
     # within serve.health_timeout_s (2 s) plus HTTP on a shared CPU.

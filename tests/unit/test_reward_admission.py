@@ -87,23 +87,24 @@ def test_a_request_that_can_never_fit_is_413_not_a_retry() -> None:
         admission(1000).check(queued=0, cost=3000, timeout_s=2.0)
 
 
-def test_in_flight_measures_speed_over_busy_time_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replica_rates_sum_the_replicas_heard_from_lately(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from ramo_stream.serve import reward_admission
 
     clock = [100.0]
     monkeypatch.setattr(reward_admission.time, "monotonic", lambda: clock[0])
-    t = Throughput(half_life_s=1e9)
-    f = reward_admission.InFlight(t, window_s=0.5)
-    f.start(300)
-    f.start(200)
-    clock[0] += 1.0
-    f.finish(300, completed=True)  # 300 tokens in 1 s of busy time
-    assert (f.tokens, t.tokens_per_s) == (200, pytest.approx(300.0))
-    clock[0] += 1.0
-    f.finish(200, completed=False)  # failed: its time counts, its tokens do not (none done)
-    assert f.tokens == 0
-    clock[0] += 60.0  # idle: not measured
-    f.start(100)
-    clock[0] += 0.5
-    f.finish(100, completed=True)
-    assert t.tokens_per_s == pytest.approx(400 / 1.5)
+    rates = reward_admission.ReplicaRates(fresh_s=30.0)
+    assert rates.tokens_per_s is None
+    rates.report("a", 1000.0)
+    rates.report("b", None)  # not measured yet: no figure
+    assert rates.tokens_per_s == 1000.0
+    clock[0] += 20
+    rates.report("b", 500.0)
+    rates.report("a", 800.0)  # a newer figure replaces the older
+    assert rates.tokens_per_s == 1300.0
+    clock[0] += 25  # a's last report is still fresh, b's too
+    assert rates.tokens_per_s == 1300.0
+    clock[0] += 10  # both older than 30 s: a dead or idle replica stops counting
+    assert rates.tokens_per_s is None
+    Admission(10_000, rates).check(queued=9000, cost=1000, timeout_s=0.1)  # cap only
