@@ -7,28 +7,31 @@ before any tokenizer runs, and the model's speed is measured in the same unit (e
 tokens per second of model time), so the predicted wait does not depend on how good the
 estimate is.
 
-A request of cost ``c`` arriving at a queue of ``q`` tokens, on a replica that does ``r``
-tokens per second, with a deadline ``d`` seconds away, is
+A request of cost ``c`` arriving where requests of remaining costs ``q_1 .. q_n`` wait (total
+``Q``), at a speed of ``r`` tokens per second, with a deadline ``d`` seconds away, is
 
 - refused with 413 if ``c > max_queued_tokens`` (it never fits), or if ``c / r > d`` (even an
-  empty replica cannot finish it in time: retrying the same request cannot help);
-- refused with 503 ``overloaded`` and ``Retry-After`` if ``q + c > max_queued_tokens``, or if
-  ``(q + c) / r > HEADROOM * d``: it would finish after its deadline, so the client learns
-  that now, in milliseconds, instead of timing out; Retry-After is the time the queue needs
-  to drain by ``c``. HEADROOM (0.8) leaves a fifth of the deadline for what the prediction
-  misses: HTTP hops, batch formation, a speed that drops under load.
+  idle service cannot finish it in time: retrying the same request cannot help);
+- refused with 503 ``overloaded`` and ``Retry-After`` if ``Q + c > max_queued_tokens``, or if
+  its predicted finish ``T = (c + sum_j min(q_j, c)) / r`` is past ``HEADROOM * d``: the
+  client learns that now, in milliseconds, instead of timing out. Retry-After is
+  ``T - HEADROOM * d``, about when it would fit.
 
-``(q + c) / r`` is pessimistic for a small request (round-robin batching lets it finish
-before the queue ahead of it) and exact for a large one; shedding a little early under
-overload is the safe side. Until the first batch is measured there is no rate, and only the
-token bound applies.
+``T`` is the finish time under processor sharing, which the batcher's turn-taking
+approximates: each waiting request gets a share of every batch, so until the new request is
+done each other one has used at most ``c`` of the model (a smaller one finishes first, using
+its ``q_j``). So a one-item request beside a giant one is admitted, and a second giant
+behind the first is refused. Arrivals after it also take shares, which ``T`` ignores:
+HEADROOM (0.8) leaves a fifth of the deadline for that, for HTTP hops and batch formation,
+and for a speed that drops under load. Until the first batch is measured there is no
+speed, and only the token bound applies.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ramo_stream.serve.reward_protocol import InvalidInput, Overloaded, TooLarge
@@ -126,8 +129,11 @@ class Admission:
         self.max_queued_tokens = max_queued_tokens
         self.throughput = throughput
 
-    def check(self, queued: int, cost: int, timeout_s: float | None) -> None:
-        """Raise TooLarge or Overloaded if a request of ``cost`` cannot be admitted now."""
+    def check(self, queued: Iterable[int], cost: int, timeout_s: float | None) -> None:
+        """Raise TooLarge or Overloaded if a request of ``cost`` cannot be admitted now;
+        ``queued``: the remaining cost of each request already waiting or running."""
+        waiting = list(queued)
+        total = sum(waiting)
         cap = self.max_queued_tokens
         if cost > cap:
             raise TooLarge(
@@ -142,20 +148,23 @@ class Admission:
                 f" at the measured {rate:.0f} tokens/s, over its deadline of {timeout_s:g} s."
                 " Split it into smaller requests, or send a longer X-Request-Timeout"
             )
-        if queued + cost > cap:
-            wait = (queued + cost - cap) / rate if rate else 1.0
+        if total + cost > cap:
+            wait = (total + cost - cap) / rate if rate else 1.0
             raise Overloaded(
-                f"the service is overloaded: about {queued} tokens are queued, and this"
+                f"the service is overloaded: about {total} tokens are queued, and this"
                 f" request's {cost} would pass serve.max_queued_tokens={cap}; retry after the"
                 " Retry-After seconds",
                 retry_after_s=max(1.0, wait),
             )
         budget = None if timeout_s is None else HEADROOM * timeout_s
-        if budget is not None and rate is not None and (queued + cost) / rate > budget:
-            finish = (queued + cost) / rate
+        if budget is None or rate is None:
+            return
+        finish = (cost + sum(min(q, cost) for q in waiting)) / rate
+        if finish > budget:
             raise Overloaded(
-                f"the service is overloaded: with about {queued} tokens queued ahead, this"
-                f" request would finish in about {finish:.1f} s, too close to or past its"
-                f" deadline of {timeout_s:g} s; retry after the Retry-After seconds",
+                f"the service is overloaded: with {len(waiting)} requests (about {total}"
+                f" tokens) sharing the model, this request would finish in about"
+                f" {finish:.1f} s, too close to or past its deadline of {timeout_s:g} s; retry"
+                " after the Retry-After seconds",
                 retry_after_s=max(1.0, finish - budget),
             )

@@ -198,6 +198,11 @@ class DynamicBatcher(Generic[T, R]):
         """Cost of the items waiting and of the batch running."""
         return self._waiting_cost + self._running_cost
 
+    def queued_costs(self) -> list[int]:
+        """The waiting cost of each request, and the running batch's as one more."""
+        costs = [sum(w.cost for w in r.items) for r in self._turns]
+        return [*costs, self._running_cost] if self._running_cost else costs
+
     async def submit(self, item: T, cost: int = 1) -> R:
         """One item as its own request."""
         return (await self.submit_many([item], [cost]))[0]

@@ -212,7 +212,9 @@ class HandleBackend:
         self.max_length = max_length
         self.rates = ReplicaRates()
         self.admission = Admission(max_queued_tokens, self.rates)
-        self.in_flight = 0  # estimated tokens sent to the replicas and not yet answered
+        # Estimated tokens of each request sent to the replicas and not yet answered (an
+        # upper bound of what it has left: the ingress does not see its progress).
+        self.in_flight: dict[object, int] = {}
 
     async def score(
         self, items: list[Item], version: int | None, timeout_s: float | None = None
@@ -220,12 +222,13 @@ class HandleBackend:
         """Admission first (the queue of every replica, as this one ingress sees it), then
         the model; the replicas check again, against their own queues."""
         cost = sum(estimate_tokens(p, r, self.max_length) for p, r in items)
-        self.admission.check(self.in_flight, cost, timeout_s)
-        self.in_flight += cost
+        self.admission.check(self.in_flight.values(), cost, timeout_s)
+        key = object()
+        self.in_flight[key] = cost
         try:
             return await self._score(items, version, timeout_s)
         finally:
-            self.in_flight -= cost
+            del self.in_flight[key]
 
     async def _score(
         self, items: list[Item], version: int | None, timeout_s: float | None

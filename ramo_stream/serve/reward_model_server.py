@@ -216,7 +216,7 @@ class RewardModelServer:
         try:
             loaded = self.pool.resolve(version)
             costs = [estimate_tokens(p, r, self.max_length) for p, r in items]
-            self.admission.check(self.batcher.queued_cost, sum(costs), timeout_s)
+            self.admission.check(self.batcher.queued_costs(), sum(costs), timeout_s)
         except ServiceError as e:
             self.metrics.refused.labels(e.kind).inc()
             return e

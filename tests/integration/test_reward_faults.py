@@ -82,6 +82,33 @@ def test_get_reward_pins_a_version_and_caps_text(served: tuple[str, Lineage]) ->
     assert r.status_code in (413, 422), r.text  # past max_body_bytes or the per-text cap
 
 
+def _requests_by_status(url: str) -> dict[str, float]:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    out: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", headers=auth, timeout=10).text.splitlines():
+        if line.startswith('ramo_reward_requests_total{endpoint="/v1/score"'):
+            status = line.split('status="')[1].split('"')[0]
+            out[status] = out.get(status, 0.0) + float(line.split()[-1])
+    return out
+
+
+def test_a_client_that_hangs_up_is_499_not_a_server_error(served: tuple[str, Lineage]) -> None:
+    url, _ = served
+    auth = {"Authorization": f"Bearer {TOKEN}", "X-Request-Timeout": "120"}
+    before = _requests_by_status(url)
+    long_items = [{"prompt": "word " * 300, "response": "reply " * 300}] * 64  # seconds of work
+    for _ in range(3):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/v1/score", json={"items": long_items}, headers=auth, timeout=0.3)
+
+    def closed() -> bool:
+        return _requests_by_status(url).get("499", 0) - before.get("499", 0) >= 3
+
+    wait_for(closed, 60, "three hang-ups counted as 499")
+    after = _requests_by_status(url)
+    assert after.get("500", 0) == before.get("500", 0), after
+
+
 def test_overload_is_shed_at_once_with_retry_after(
     deploy: Callable[..., str], tmp_path: Path, backbone: tuple[Any, Any]
 ) -> None:

@@ -58,33 +58,41 @@ def admission(rate: float | None, cap: int = 10_000) -> Admission:
 
 
 def test_admits_what_fits_before_the_deadline() -> None:
-    admission(1000).check(queued=3000, cost=1000, timeout_s=5.0)  # 4 s of 5: admitted
-    admission(None).check(queued=9000, cost=1000, timeout_s=0.1)  # no speed yet: cap only
+    admission(1000).check(queued=[3000], cost=1000, timeout_s=5.0)  # 2 s of 5: admitted
+    admission(None).check(queued=[9000], cost=1000, timeout_s=0.1)  # no speed yet: cap only
 
 
 def test_refuses_past_the_token_cap_with_retry_after() -> None:
     with pytest.raises(Overloaded, match="max_queued_tokens=10000") as e:
-        admission(1000).check(queued=9500, cost=1000, timeout_s=None)
+        admission(1000).check(queued=[9500], cost=1000, timeout_s=None)
     assert e.value.retry_after_s == pytest.approx(1.0)  # 500 tokens over, at 1000/s: >= 1 s
     with pytest.raises(Overloaded) as e:
-        admission(100).check(queued=9500, cost=1000, timeout_s=None)
+        admission(100).check(queued=[5000, 4500], cost=1000, timeout_s=None)
     assert e.value.retry_after_s == pytest.approx(5.0)
 
 
 def test_refuses_what_would_finish_past_its_deadline() -> None:
+    # Processor sharing: each of three requests of 3000 uses at most the new one's 500.
     with pytest.raises(Overloaded, match="past its deadline of 2 s") as e:
-        admission(1000).check(queued=3000, cost=500, timeout_s=2.0)
-    assert e.value.retry_after_s == pytest.approx(1.9)  # 3.5 s of work for 0.8 x 2 s
-    with pytest.raises(Overloaded):  # 4.5 s of 5: inside the deadline, not its headroom
-        admission(1000).check(queued=4000, cost=500, timeout_s=5.0)
+        admission(1000).check(queued=[3000, 3000, 3000], cost=500, timeout_s=2.0)
+    assert e.value.retry_after_s == pytest.approx(1.0)  # 2 s of work for 0.8 x 2 s: >= 1
     assert e.value.body()["error"]["type"] == "overloaded"
+    with pytest.raises(Overloaded):  # 4.5 s of 5: inside the deadline, not its headroom
+        admission(1000).check(queued=[500] * 8, cost=500, timeout_s=5.0)
+
+
+def test_a_small_request_beside_a_giant_is_admitted_a_second_giant_is_not() -> None:
+    giant = 60_000  # a minute of work at 1000 tokens/s
+    admission(1000, cap=1 << 20).check(queued=[giant], cost=100, timeout_s=5.0)  # 0.2 s
+    with pytest.raises(Overloaded):
+        admission(1000, cap=1 << 20).check(queued=[giant], cost=3000, timeout_s=5.0)  # 6 s
 
 
 def test_a_request_that_can_never_fit_is_413_not_a_retry() -> None:
     with pytest.raises(TooLarge, match="max_queued_tokens=10000"):
-        admission(1000).check(queued=0, cost=10_001, timeout_s=None)
+        admission(1000).check(queued=[], cost=10_001, timeout_s=None)
     with pytest.raises(TooLarge, match="over its deadline of 2 s"):
-        admission(1000).check(queued=0, cost=3000, timeout_s=2.0)
+        admission(1000).check(queued=[], cost=3000, timeout_s=2.0)
 
 
 def test_replica_rates_sum_the_replicas_heard_from_lately(
@@ -107,4 +115,4 @@ def test_replica_rates_sum_the_replicas_heard_from_lately(
     assert rates.tokens_per_s == 1300.0
     clock[0] += 10  # both older than 30 s: a dead or idle replica stops counting
     assert rates.tokens_per_s is None
-    Admission(10_000, rates).check(queued=9000, cost=1000, timeout_s=0.1)  # cap only
+    Admission(10_000, rates).check(queued=[9000], cost=1000, timeout_s=0.1)  # cap only
