@@ -2,8 +2,9 @@
 requests fast beside a giant one? One service (what `ramo serve` runs), one run, measured
 against its own saturated throughput in the same run.
 
-1. Saturation: --clients closed-loop clients of one-item /v1/score requests for --duration-s:
-   X = the requests answered 200 per second, the service's throughput at saturation.
+1. Saturation: --clients closed-loop clients of one-item /v1/score requests for --duration-s,
+   with the longest deadline (120 s) so nothing is shed: X = the requests answered 200 per
+   second, the service's throughput at saturation (the model's busy fraction is printed).
 2. Overload: Poisson arrivals at each of --loads times X (default 2x and 4x) for --duration-s,
    every request with ``X-Request-Timeout: --deadline-s``. Goodput = answers 200 within the
    deadline per second (from the scheduled arrival, so a backlog counts); shed = 503/429
@@ -43,6 +44,7 @@ from serve_load import (
     pct,
     publish,
     reward_service,
+    service_counters,
 )
 
 
@@ -158,9 +160,10 @@ def report(res: dict[str, Any]) -> str:
         f"deadline (X-Request-Timeout) {a['deadline_s']:g} s; serve.max_queued_tokens default;"
         f" {a['duration_s']:g} s per phase",
         "",
-        f"Saturation ({a['clients']} closed-loop clients, one-item requests): **X ="
-        f" {x:.1f} req/s** answered 200 within the deadline; p50"
-        f" {fmt(res['saturation']['ok_p50_ms'])} ms, p99 {fmt(res['saturation']['ok_p99_ms'])} ms.",
+        f"Saturation ({a['clients']} closed-loop clients, one-item requests, nothing shed): **X"
+        f" = {x:.1f} req/s**; p50 {fmt(res['saturation']['ok_p50_ms'])} ms, p99"
+        f" {fmt(res['saturation']['ok_p99_ms'])} ms; model busy"
+        f" {res['saturation']['model_busy']:.0%} of the time.",
         "",
         "| offered | offered req/s | goodput req/s | goodput / X | admitted p50 ms |"
         " admitted p99 ms | shed up front | shed p50 ms | shed p99 ms | other answers |",
@@ -216,7 +219,7 @@ def report(res: dict[str, Any]) -> str:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--duration-s", type=float, default=10.0)
-    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--loads", default="2,4", help="Offered loads, in multiples of X.")
     ap.add_argument("--deadline-s", type=float, default=5.0)
     ap.add_argument("--giant-items", type=int, default=128)
@@ -267,9 +270,14 @@ def main() -> int:
         work = Path(tmp)
         publish(work / "registry", backbone, {}, "cpu")
         with reward_service(work / "registry", work / "cache", svc, extra) as url:
-            asyncio.run(closed_loop(url, bodies, args.clients, 3.0, dl))  # warm-up
-            sat = asyncio.run(closed_loop(url, bodies, args.clients, d, dl))
-            res["saturation"] = summary(sat, d, dl)
+            asyncio.run(closed_loop(url, bodies, args.clients, 3.0, 120.0))  # warm-up
+            before = service_counters(url)
+            sat = asyncio.run(closed_loop(url, bodies, args.clients, d, 120.0))
+            after = service_counters(url)
+            res["saturation"] = summary(sat, d, 120.0)
+            res["saturation"]["model_busy"] = (after.get("busy", 0) - before.get("busy", 0)) / (
+                after["at"] - before["at"]
+            )
             x = res["saturation"]["goodput_per_s"]
             print(f"saturation: X = {x:.1f} req/s", flush=True)
             res["overload"] = []

@@ -23,8 +23,10 @@ done each other one has used at most ``c`` of the model (a smaller one finishes 
 its ``q_j``). So a one-item request beside a giant one is admitted, and a second giant
 behind the first is refused. Arrivals after it also take shares, which ``T`` ignores:
 HEADROOM (0.8) leaves a fifth of the deadline for that, for HTTP hops and batch formation,
-and for a speed that drops under load. Until the first batch is measured there is no
-speed, and only the token bound applies.
+and for a speed that drops under load; and where the caller reports how long admitted
+requests really took (the ingress does), ``T`` is scaled by the measured ratio of actual to
+predicted time (``calibrate``), so what the model misses is learnt rather than guessed.
+Until the first batch is measured there is no speed, and only the token bound applies.
 """
 
 from __future__ import annotations
@@ -128,10 +130,18 @@ class Admission:
     def __init__(self, max_queued_tokens: int, throughput: Throughput | ReplicaRates) -> None:
         self.max_queued_tokens = max_queued_tokens
         self.throughput = throughput
+        self.slowdown = 1.0  # actual / predicted time of admitted requests, smoothed
 
-    def check(self, queued: Iterable[int], cost: int, timeout_s: float | None) -> None:
+    def calibrate(self, predicted_s: float, actual_s: float, weight: float = 0.1) -> None:
+        """Learn from one admitted request that finished: ``T`` predicted, ``actual_s`` taken."""
+        if predicted_s > 0:
+            ratio = min(4.0, max(0.5, actual_s / predicted_s))
+            self.slowdown += weight * (ratio - self.slowdown)
+
+    def check(self, queued: Iterable[int], cost: int, timeout_s: float | None) -> float | None:
         """Raise TooLarge or Overloaded if a request of ``cost`` cannot be admitted now;
-        ``queued``: the remaining cost of each request already waiting or running."""
+        ``queued``: the remaining cost of each request already waiting or running. Returns
+        the predicted time ``T`` (before the slowdown), None without a speed yet."""
         waiting = list(queued)
         total = sum(waiting)
         cap = self.max_queued_tokens
@@ -156,11 +166,12 @@ class Admission:
                 " Retry-After seconds",
                 retry_after_s=max(1.0, wait),
             )
+        if rate is None:
+            return None
+        predicted = (cost + sum(min(q, cost) for q in waiting)) / rate
+        finish = predicted * self.slowdown
         budget = None if timeout_s is None else HEADROOM * timeout_s
-        if budget is None or rate is None:
-            return
-        finish = (cost + sum(min(q, cost) for q in waiting)) / rate
-        if finish > budget:
+        if budget is not None and finish > budget:
             raise Overloaded(
                 f"the service is overloaded: with {len(waiting)} requests (about {total}"
                 f" tokens) sharing the model, this request would finish in about"
@@ -168,3 +179,4 @@ class Admission:
                 " after the Retry-After seconds",
                 retry_after_s=max(1.0, finish - budget),
             )
+        return predicted

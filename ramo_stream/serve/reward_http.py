@@ -222,13 +222,21 @@ class HandleBackend:
         """Admission first (the queue of every replica, as this one ingress sees it), then
         the model; the replicas check again, against their own queues."""
         cost = sum(estimate_tokens(p, r, self.max_length) for p, r in items)
-        self.admission.check(self.in_flight.values(), cost, timeout_s)
+        predicted = self.admission.check(self.in_flight.values(), cost, timeout_s)
         key = object()
         self.in_flight[key] = cost
+        started = time.monotonic()
         try:
-            return await self._score(items, version, timeout_s)
+            result = await self._score(items, version, timeout_s)
+        except DeadlineExceeded:  # it took at least its deadline: learn that too
+            if predicted is not None and timeout_s is not None:
+                self.admission.calibrate(predicted, timeout_s)
+            raise
         finally:
             del self.in_flight[key]
+        if predicted is not None:
+            self.admission.calibrate(predicted, time.monotonic() - started)
+        return result
 
     async def _score(
         self, items: list[Item], version: int | None, timeout_s: float | None

@@ -116,3 +116,15 @@ def test_replica_rates_sum_the_replicas_heard_from_lately(
     clock[0] += 10  # both older than 30 s: a dead or idle replica stops counting
     assert rates.tokens_per_s is None
     Admission(10_000, rates).check(queued=[9000], cost=1000, timeout_s=0.1)  # cap only
+
+
+def test_the_prediction_learns_how_much_slower_the_real_service_is() -> None:
+    a = admission(1000)
+    assert a.check(queued=[1000], cost=1000, timeout_s=5.0) == pytest.approx(2.0)
+    for _ in range(60):
+        a.calibrate(predicted_s=2.0, actual_s=5.0)  # everything takes 2.5x the prediction
+    assert a.slowdown == pytest.approx(2.5, rel=0.01)
+    with pytest.raises(Overloaded):  # 2 s predicted is 5 s really: past 0.8 x 5 s
+        a.check(queued=[1000], cost=1000, timeout_s=5.0)
+    a.calibrate(predicted_s=1.0, actual_s=1000.0)  # one outlier moves it a bounded step
+    assert a.slowdown < 2.5 + 0.1 * 4.0
