@@ -380,8 +380,11 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def reward_service(registry: Path, cache: Path, args: argparse.Namespace) -> Any:
-    """What `ramo serve` runs: a local Ray, Serve HTTP on 127.0.0.1, ``build_app``."""
+def reward_service(
+    registry: Path, cache: Path, args: argparse.Namespace, extra: dict[str, Any] | None = None
+) -> Any:
+    """What `ramo serve` runs: a local Ray, Serve HTTP on 127.0.0.1, ``build_app``; ``extra``:
+    more dotted settings (serve_overload.py sets deadlines)."""
     import ray
     from ray import serve
 
@@ -401,6 +404,7 @@ def reward_service(registry: Path, cache: Path, args: argparse.Namespace) -> Any
         "serve.max_length": args.max_length,
         "serve.batch_tokens": args.batch_tokens,
         "serve.pass_overhead_tokens": args.pass_overhead,
+        **(extra or {}),
     }
     cpus = max(os.cpu_count() or 1, args.replicas * args.threads + 1)  # logical Ray CPUs
     t0 = time.monotonic()

@@ -256,7 +256,10 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     import yaml
 
-    print(yaml.safe_dump(json.loads(settings.model_dump_json()), sort_keys=False), end="")
+    from ramo_stream.config import masked_dump
+
+    # Secrets (serve.api_token, grader.openai_api_key, ...) are masked: output gets pasted.
+    print(yaml.safe_dump(masked_dump(settings), sort_keys=False), end="")
     return 0
 
 

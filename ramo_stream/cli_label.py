@@ -133,18 +133,17 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
     Serve as it found it when it stops.
     """
     import os
-    import signal
-    import threading
 
     import ray
     from ray import serve
 
     from ramo_stream.serve.labeler_app import LabelerAppArgs, build_app
+    from ramo_stream.signals import StopSignals
     from ramo_stream.stream.broker import kafka_session
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with kafka_session(settings) as bootstrap:
+    # SIGTERM and SIGINT alike: the bridge finishes its batch, commits, and stops.
+    with StopSignals("labeler") as signals, kafka_session(settings) as bootstrap:
+        stop = signals.stop
         if args.attach:
             address = args.ray_address or os.environ.get("RAY_ADDRESS")
             if not address:
@@ -154,11 +153,13 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
                     "set RAY_ADDRESS"
                 )
             ray.init(address=address, logging_level="WARNING")
+            signals.install()  # ray.init replaced the SIGTERM handler with sys.exit
             try:
                 handle = _app_handle(args.attach, address)
                 _bridge_until_stopped(settings, bootstrap, handle, stop, args.idle_timeout)
             finally:
                 ray.shutdown()  # disconnects; the cluster and its apps keep running
+            print("labeler stopped")
             return 0
         app_args = LabelerAppArgs(
             overrides=flat_settings(settings),
@@ -166,6 +167,7 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
             adapter_replicas=args.adapter_replicas,
         )
         ray.init(include_dashboard=False, logging_level="WARNING")
+        signals.install()
         try:
             serve.start(
                 http_options={"host": "127.0.0.1"}, logging_config={"enable_access_log": False}
@@ -175,6 +177,7 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             serve.shutdown()
             ray.shutdown()
+    print("labeler stopped")
     return 0
 
 

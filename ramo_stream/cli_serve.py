@@ -41,9 +41,6 @@ def _registry(settings: Settings) -> Any:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """The reward service on Ray Serve until Ctrl-C or SIGTERM."""
-    import signal
-    import threading
-
     s = settings.serve
     try:
         s.check_exposure()
@@ -59,36 +56,35 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ray import serve
 
     from ramo_stream.serve.reward_app import RewardAppArgs, build_app
+    from ramo_stream.signals import StopSignals
 
     registry = _registry(settings)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    try:
-        serve.start(http_options={"host": s.host, "port": s.port},
-                    logging_config={"enable_access_log": False})  # fmt: skip
-        app = build_app(RewardAppArgs(overrides=flat_settings(settings)))
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        host = f"[{s.host}]" if ":" in s.host else s.host
-        current = registry.current()
-        serving = (
-            f"version {current.version}"
-            if current
-            else "no version yet (`ramo train` or `ramo models publish PATH` publishes one;"
-            " it is picked up by itself)"
-        )
-        print(f"reward service on http://{host}:{s.port} (POST /v1/score, /v1/compare, "
-              f"/get_reward; GET /v1/models, /health, /metrics)\nregistry {registry.root}: "
-              f"{serving}\nauth: {'bearer token' if s.api_token else 'none (loopback only)'}"
-              "; Ctrl-C stops", flush=True)  # fmt: skip
+    with StopSignals("reward service") as signals:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        signals.install()  # ray.init replaced the SIGTERM handler with sys.exit
         try:
-            while not stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            pass
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+            serve.start(http_options={"host": s.host, "port": s.port},
+                        logging_config={"enable_access_log": False})  # fmt: skip
+            app = build_app(RewardAppArgs(overrides=flat_settings(settings)))
+            serve.run(app, name=APP_NAME, route_prefix="/")
+            host = f"[{s.host}]" if ":" in s.host else s.host
+            current = registry.current()
+            serving = (
+                f"version {current.version}"
+                if current
+                else "no version yet (`ramo train` or `ramo models publish PATH` publishes one;"
+                " it is picked up by itself)"
+            )
+            auth = "bearer token" if s.api_token else "none (loopback only)"
+            print(f"reward service on http://{host}:{s.port} (POST /v1/score, /v1/compare, "
+                  f"/get_reward; GET /v1/models, /health, /metrics)\nregistry {registry.root}: "
+                  f"{serving}\nauth: {auth}; Ctrl-C or SIGTERM stops", flush=True)  # fmt: skip
+            signals.stop.wait()
+        finally:
+            # Serve drains: replicas finish the requests they hold (up to its graceful
+            # shutdown timeout) before they exit; then Ray stops its own processes.
+            serve.shutdown()
+            ray.shutdown()
     print("reward service stopped")
     return 0
 

@@ -11,18 +11,29 @@ from ramo_stream.config import Settings
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from ramo_stream.train.driver import run_trainer
+    import ray
 
-    if args.from_file is not None:
-        if not args.from_file.is_file():
-            print(f"no such file: {args.from_file}", file=sys.stderr)
-            return 2
-        manifest = run_trainer(settings, None, from_file=args.from_file)
-    else:
-        from ramo_stream.stream.broker import kafka_session
+    from ramo_stream.signals import StopSignals
+    from ramo_stream.train.driver import init_ray, run_trainer
 
-        with kafka_session(settings) as bootstrap:
-            manifest = run_trainer(settings, bootstrap)
+    if args.from_file is not None and not args.from_file.is_file():
+        print(f"no such file: {args.from_file}", file=sys.stderr)
+        return 2
+    # SIGTERM and SIGINT alike: the workers drain, publish a final version and return.
+    with StopSignals("trainer") as signals:
+        init_ray()
+        signals.install()  # ray.init replaced the SIGTERM handler with sys.exit
+        try:
+            if args.from_file is not None:
+                manifest = run_trainer(settings, None, args.from_file, signals.stop)
+            else:
+                from ramo_stream.stream.broker import kafka_session
+
+                with kafka_session(settings) as bootstrap:
+                    manifest = run_trainer(settings, bootstrap, stop_event=signals.stop)
+        finally:
+            ray.shutdown()
+    print("trainer stopped")
     if manifest is None:
         print("no version published (no labeled pair was trained on)")
     else:

@@ -7,16 +7,19 @@ Precedence, highest first: explicit overrides (CLI flags) > environment variable
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -37,6 +40,38 @@ def default_rule_pool() -> Path:
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ramo-stream"
+
+
+class _SecretMarker:
+    """Marks a setting as a secret: ``ramo config`` and settings errors never show it."""
+
+    def __repr__(self) -> str:
+        return "SECRET"
+
+
+SECRET = _SecretMarker()
+# A secret setting: stripped of surrounding whitespace (a mounted Secret file or an env var
+# often ends in a newline, which would make a token that can never match), never printed.
+# Declare new secret fields as `Secret` or `Secret | None`.
+Secret = Annotated[str, StringConstraints(strip_whitespace=True), SECRET]
+# Names that are secrets even if a field forgot the marker.
+_SECRET_NAME = re.compile(r"(^|_)(password|passwd|secret|api_key|apikey|token|credentials?)$")
+MASK = "********"
+
+
+def _marked(annotation: Any) -> bool:
+    if any(a is SECRET for a in getattr(annotation, "__metadata__", ())):
+        return True
+    return any(_marked(a) for a in get_args(annotation))
+
+
+def is_secret(key: str, field: Any) -> bool:
+    """Whether a settings field (``FieldInfo``) named ``key`` holds a secret."""
+    return (
+        SECRET in field.metadata
+        or _marked(field.annotation)
+        or bool(_SECRET_NAME.search(key.rpartition(".")[2]))
+    )
 
 
 class _Section(BaseModel):
@@ -168,7 +203,7 @@ class GraderSettings(_Section):
         " --served-model-name). Default: models.grader. Its tokenizer must be the local"
         " models.grader's.",
     )
-    openai_api_key: str | None = Field(
+    openai_api_key: Secret | None = Field(
         default=None,
         description="openai backend: bearer token, if the server wants one. Prefer the variable"
         " RAMO_GRADER__OPENAI_API_KEY to a flag or file.",
@@ -312,12 +347,17 @@ class ServeSettings(_Section):
         " serve.api_token.",
     )
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of `ramo serve`.")
-    api_token: str | None = Field(
+    api_token: Secret | None = Field(
         default=None,
         min_length=16,
         description="Bearer token every request but GET /health must carry (Authorization:"
-        " Bearer ...); compared in constant time. Prefer the variable RAMO_SERVE__API_TOKEN to"
-        " a flag or file.",
+        " Bearer ...); compared in constant time; surrounding whitespace is stripped. Prefer"
+        " the variable RAMO_SERVE__API_TOKEN or serve.api_token_file to a flag or file.",
+    )
+    api_token_file: Path | None = Field(
+        default=None,
+        description="A file holding serve.api_token (a mounted Kubernetes Secret), read at"
+        " start; a trailing newline is stripped.",
     )
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Larger request bodies get 413 before parsing."
@@ -355,10 +395,44 @@ class ServeSettings(_Section):
         default=0.005, ge=0, description="Longest wait for a batch to fill after its first item."
     )
     max_ongoing_requests: int = Field(
-        default=64,
+        default=256,
         ge=1,
         description="Requests a reward-model replica takes at once; must be >= max_batch_size"
-        " or batches can never fill.",
+        " or batches can never fill. Keep it high: serve.max_queued_tokens is what bounds the"
+        " work a replica holds, and requests held back here wait unseen by admission control.",
+    )
+    max_queued_tokens: int = Field(
+        default=1 << 18,
+        ge=8,
+        description="Work a reward-model replica queues at most, in estimated tokens"
+        " (characters / 4, each item capped at max_length). A request that would pass it gets"
+        " 503 overloaded with Retry-After; one larger than it alone gets 413.",
+    )
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=8,
+        description="Estimated tokens one dynamic batch takes at most, so a small request"
+        " waits for at most one such batch behind a large one (requests take turns item by"
+        " item). Default: batch_tokens on a CPU (where batching gains little and a 4096-token"
+        " batch held small requests 3-4 s behind a large one), 4 x batch_tokens on a GPU.",
+    )
+    request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Deadline of a scoring request when it sends no X-Request-Timeout header:"
+        " a request predicted to finish later is refused at once (503 overloaded, Retry-After),"
+        " and one still waiting at its deadline gets 503 deadline_exceeded.",
+    )
+    max_request_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Most a client may ask for with the X-Request-Timeout header (seconds);"
+        " larger values are capped to it.",
+    )
+    health_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="GET /health answers 503 when no reward-model replica replies within this.",
     )
     batch_tokens: int | None = Field(
         default=None,
@@ -391,6 +465,28 @@ class ServeSettings(_Section):
         " request may pin one with model_version.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_file(cls, data: Any) -> Any:
+        """serve.api_token from serve.api_token_file; the token itself never in a message."""
+        if not isinstance(data, dict) or not data.get("api_token_file"):
+            return data
+        path = Path(str(data["api_token_file"])).expanduser()
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"serve.api_token_file={str(path)!r} cannot be read ({type(e).__name__}); mount"
+                " the Secret there, or unset the setting"
+            ) from None
+        given = data.get("api_token")
+        if given is not None and str(given).strip() != token:
+            raise ValueError(
+                f"serve.api_token and serve.api_token_file={str(path)!r} hold different tokens;"
+                " set only one of them"
+            )
+        return {**data, "api_token": token}
+
     @model_validator(mode="after")
     def _consistent(self) -> ServeSettings:
         if self.max_ongoing_requests < self.max_batch_size:
@@ -409,6 +505,11 @@ class ServeSettings(_Section):
             raise ValueError(
                 f"autoscaling_min_replicas={lo} is above autoscaling_max_replicas={hi}"
             )
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError(
+                f"request_timeout_s={self.request_timeout_s} is above max_request_timeout_s="
+                f"{self.max_request_timeout_s}; lower the default or raise the maximum"
+            )
         if self.batch_tokens is not None and self.batch_tokens < self.max_length:
             raise ValueError(
                 f"batch_tokens={self.batch_tokens} cannot hold one item of max_length="
@@ -421,6 +522,10 @@ class ServeSettings(_Section):
         if self.batch_tokens is not None:
             return self.batch_tokens
         return 16384 if device == "cuda" else max(1024, self.max_length)
+
+    def batch_cost(self, device: str) -> int:
+        """``max_batch_tokens``, or its default for ``device``."""
+        return self.max_batch_tokens or (4 if device == "cuda" else 1) * self.forward_tokens(device)
 
     def pass_overhead(self, device: str) -> int:
         """``pass_overhead_tokens``, or its default for ``device`` ("cuda" or "cpu")."""
@@ -599,7 +704,8 @@ def load_settings(
         return Settings(**nested)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc'])}="
+            f"{_shown(err['loc'], err.get('input'))!r}: {err['msg']}"
             for err in e.errors()
         )
         raise SettingsError(
@@ -607,6 +713,42 @@ def load_settings(
         ) from e
     finally:
         _YAML_FILE.reset(token)
+
+
+def secret_keys() -> set[str]:
+    """Dotted keys of the settings that hold secrets."""
+    keys = set()
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        keys |= {f"{section}.{k}" for k, f in model.model_fields.items() if is_secret(k, f)}
+    return keys
+
+
+def _mask(value: Any) -> Any:
+    return value if value is None else MASK
+
+
+def _shown(loc: tuple[Any, ...], value: Any) -> Any:
+    """An invalid input as an error may show it: secrets masked, also inside a section."""
+    secrets = secret_keys()
+    dotted = ".".join(str(p) for p in loc)
+    if dotted in secrets or _SECRET_NAME.search(str(loc[-1]) if loc else ""):
+        return _mask(value)
+    if isinstance(value, dict):
+        return {k: _mask(v) if f"{dotted}.{k}" in secrets or _SECRET_NAME.search(str(k))
+                else v for k, v in value.items()}  # fmt: skip
+    return value
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON-able sections, each secret replaced by a mask (None stays None)."""
+    data: dict[str, Any] = json.loads(settings.model_dump_json())
+    for key in secret_keys():
+        section, _, name = key.partition(".")
+        if data.get(section, {}).get(name) is not None:
+            data[section][name] = MASK
+    return data
 
 
 def settings_fields() -> list[tuple[str, str, Any, str]]:
@@ -622,6 +764,7 @@ def settings_fields() -> list[tuple[str, str, Any, str]]:
             else:
                 non_none = [a for a in get_args(sub.annotation) if a is not type(None)]
                 shown = non_none[0] if non_none else sub.annotation
+                shown = getattr(shown, "__origin__", shown) if _marked(shown) else shown
                 type_name = getattr(shown, "__name__", str(shown))
             rows.append((f"{section}.{key}", type_name, default, sub.description or ""))
     return rows

@@ -2,10 +2,13 @@
 whether a failed request is worth sending again, and how long to wait first.
 
 Retried: connection errors and timeouts (scoring has no side effect, so a request sent twice
-is harmless), 429 and 502/503/504 (the service is briefly unable to answer: overloaded,
-restarting, or no model version loaded yet). Any other 4xx is the request's fault and raises
-``RequestRefused`` at once, carrying the status, the service's error type and its message;
-any other status (500) raises ``RewardServiceError`` at once, carrying the same.
+is harmless), 429 and 503 (the service is briefly unable to answer: overloaded, a model
+replica restarting, or no model version loaded yet), waiting at least the reply's
+Retry-After. Any other 4xx is the request's fault and raises ``RequestRefused`` at once,
+carrying the status, the service's error type and its message; any other 5xx (500: a fault
+of the service; 502/504 from a proxy in front of it) raises ``RewardServiceError`` at once,
+carrying the same: resending work into a failing service by default hides the fault and
+multiplies the load.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import httpx
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 503})
 TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 MAX_BACKOFF_S = 30.0
 
@@ -89,7 +92,7 @@ def error_of(response: httpx.Response) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Transient:
-    """A reply worth retrying: 429 or a 502/503/504."""
+    """A reply worth retrying: 429 or 503."""
 
     status: int
     error_type: str
@@ -121,7 +124,7 @@ def judge(response: httpx.Response, where: str = "") -> Any:
     if 400 <= status < 500:
         raise RequestRefused(url, status, error_type, message, where)
     # A 500 (the model failed on this batch, say) is not in the retried list: it raises at
-    # once, as the service's own failure rather than the request's.
+    # once, as the service's own failure rather than the request's. So do 502 and 504.
     raise RewardServiceError(
         f"{url} failed{where} with HTTP {status} ({error_type}): {message}",
         url=url,
@@ -163,8 +166,8 @@ def exhausted(url: str, attempts: int, last: Transient | str, hint: str) -> Rewa
         if last.status == 503:
             hint = (
                 "A 503 means the service has no model version yet (publish one: `ramo train`,"
-                " or Registry.publish) or is overloaded; raise retries / backoff_s to wait"
-                " longer"
+                " or Registry.publish), is overloaded, or is replacing a model replica; raise"
+                " retries / backoff_s to wait longer"
             )
         return RewardServiceError(
             f"{url} failed after {attempts} attempts; last: {seen}. {hint}",

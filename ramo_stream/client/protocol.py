@@ -8,7 +8,10 @@ without a server.
 The contract (the reward service, ``ramo serve``): JSON bodies; every successful reply carries
 ``model_version``; an error is ``{"error": {"type", "message"}}`` with 422 (invalid input),
 413 (body too large or too many items), 401 (missing or wrong bearer token), 503 (no model
-version yet) or 409 (the pinned ``model_version`` is not loaded).
+version yet, overloaded, a replica restarting; with Retry-After), 429, 415 (not JSON) or 409
+(the pinned ``model_version`` is not loaded). Every request carries ``X-Request-Timeout``
+(the client's ``timeout_s``), so the service refuses at once what it could not finish before
+the client gives up.
 """
 
 from __future__ import annotations
@@ -286,6 +289,8 @@ class ClientOptions:
                 f" {DEFAULT_URL}"
             )
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.api_token is not None:  # a token read from a file often ends in a newline
+            object.__setattr__(self, "api_token", self.api_token.strip() or None)
         checks = [
             ("timeout_s", self.timeout_s > 0, "a positive number of seconds"),
             ("retries", self.retries >= 0, "0 or more"),
@@ -301,7 +306,8 @@ class ClientOptions:
         """Arguments of the httpx client: one pool of keep-alive connections, the bearer token,
         and ``timeout_s`` for connecting, each read and each write. Waiting for a free
         connection of the pool has no limit: the calls themselves bound how many wait."""
-        headers = {"User-Agent": "ramo-stream-client"}
+        # The deadline header tells the service how long this client waits for an answer.
+        headers = {"User-Agent": "ramo-stream-client", "X-Request-Timeout": f"{self.timeout_s:g}"}
         if self.api_token:
             headers["Authorization"] = f"Bearer {self.api_token}"
         return {

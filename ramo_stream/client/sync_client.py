@@ -52,9 +52,11 @@ class RewardClient:
 
     ``base_url``: where ``ramo serve`` listens. ``api_token``: its bearer token, if it wants
     one. ``timeout_s``: limit of connecting, and of each read and write, of one request.
-    ``retries``: how many times a request that fails to connect, times out or gets 429/502/503/
-    504 is sent again (503 is also "no model version yet", so a client started with the service
-    waits for the first version), after an exponential backoff from ``backoff_s`` with jitter.
+    ``retries``: how many times a request that fails to connect, times out or gets 429/503 is
+    sent again (503 is also "no model version yet", so a client started with the service
+    waits for the first version), after an exponential backoff from ``backoff_s`` with jitter
+    and at least the reply's Retry-After; other 5xx are raised at once. ``timeout_s`` also goes
+    to the service as the request's deadline (``X-Request-Timeout``).
     ``batch_size``: items per request; a longer list is split and the rewards reassembled in
     order (this client sends the chunks one after the other; ``AsyncRewardClient`` sends them
     concurrently). ``max_connections``: the keep-alive pool. ``transport``: an httpx transport

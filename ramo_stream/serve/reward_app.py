@@ -75,10 +75,14 @@ def build_app(args: RewardAppArgs | dict[str, Any]) -> Application:
         most = s.replicas
         model_options["num_replicas"] = s.replicas
     model = server.options(**model_options).bind(args)
-    # The ingress only waits on the model, so it takes every request the replicas can.
+    # The ingress only waits on the model, so it takes every request the replicas can; the
+    # replicas' token queues decide what is admitted. Past that, the proxy queues at most as
+    # many again and answers 503 to the rest at once instead of holding them until clients
+    # time out.
     return ingress.options(
         num_replicas=1,
         logging_config=_NO_ACCESS_LOG,
         max_ongoing_requests=s.max_ongoing_requests * most,
+        max_queued_requests=s.max_ongoing_requests * most,
         ray_actor_options={"num_cpus": args.ingress_cpus},
     ).bind(args, model)

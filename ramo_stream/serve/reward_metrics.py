@@ -88,6 +88,20 @@ class ReplicaMetrics:
             "Failed attempts to read the registry or load a version (retried next poll).",
             registry=r,
         )
+        self.queued_tokens = Gauge(
+            "ramo_reward_queued_tokens",
+            "Estimated tokens waiting or being scored on the replica (admission control's"
+            " queue; bounded by serve.max_queued_tokens).",
+            registry=r,
+        )
+        self.refused = Counter(
+            "ramo_reward_refused",
+            "Requests the replica refused or dropped, by reason: overloaded (queue full or the"
+            " deadline cannot be met), deadline_exceeded (expired while waiting), too_large,"
+            " no_model, version_not_loaded.",
+            ["reason"],
+            registry=r,
+        )
         self.load_seconds = Histogram(
             "ramo_reward_model_load_seconds",
             "Time to load a new version, off the request path.",

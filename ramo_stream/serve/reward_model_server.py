@@ -8,17 +8,21 @@ arrival, and its items carry that model object into the batch: a batch in flight
 on the model it started with even if the version is evicted meanwhile. Besides the current
 version, the newest ``serve.keep_loaded - 1`` others stay loaded for requests that pin one.
 
-Batching. ``score`` submits each item of a request separately to a ``DynamicBatcher`` and
-gathers them: items of concurrent requests share forward passes. The batcher forms a batch
-only when the model is free, so items that arrive during a forward all join the next one
-(``reward_batching`` says why this is not ``@serve.batch``). A batch runs in a worker
-thread, so the event loop keeps accepting requests meanwhile.
+Batching. ``score`` submits the items of a request to a ``DynamicBatcher``: items of
+concurrent requests share forward passes, requests taking turns item by item. The batcher
+forms a batch only when the model is free, so items that arrive during a forward all join
+the next one (``reward_batching`` says why this is not ``@serve.batch``). A batch runs in a
+worker thread, so the event loop keeps accepting requests meanwhile.
+
+Admission. Before queueing, ``score`` asks ``reward_admission`` whether the request fits the
+replica's token queue and can finish before its deadline; if not it is refused at once
+(413 or 503 with Retry-After), in milliseconds rather than at the client's timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,6 +32,7 @@ from ray import serve
 
 from ramo_stream.reward.model import torch_dtype
 from ramo_stream.reward.registry import Registry
+from ramo_stream.serve.reward_admission import Admission, Throughput, estimate_tokens
 from ramo_stream.serve.reward_batching import (
     BatchItem,
     DynamicBatcher,
@@ -181,27 +186,50 @@ class RewardModelServer:
         self._stop = threading.Event()
         threading.Thread(target=self.pool.watch, args=(self._stop, s.reload_poll_s),
                          name="ramo-reward-watcher", daemon=True).start()  # fmt: skip
+        self.throughput = Throughput()
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (a test building the class directly)
+            self.replica_id = f"pid-{os.getpid()}"
+        self.admission = Admission(s.max_queued_tokens, self.throughput)
         self.batcher = DynamicBatcher(
             self._score_batch, s.max_batch_size, s.batch_wait_timeout_s,
-            on_batch=self.metrics.batch_size.observe,
+            on_batch=self.metrics.batch_size.observe, max_batch_cost=s.batch_cost(device),
+            on_done=self._batch_done,
         )  # fmt: skip
 
-    async def score(
-        self, items: list[Item], version: int | None
-    ) -> tuple[list[float], int] | ServiceError:
-        """Rewards of ``items``, all from one version, and that version; or the error.
+    def _batch_done(self, cost: int, seconds: float) -> None:
+        self.throughput.observe(cost, seconds)
+        self.metrics.queued_tokens.set(self.batcher.queued_cost)
 
-        An expected error (no model yet, a version not loaded) is returned, not raised: a
-        raise would log a traceback per request, and a loop may poll for minutes before the
-        first version exists.
+    async def score(
+        self, items: list[Item], version: int | None, timeout_s: float | None = None
+    ) -> tuple[list[float], int, float | None, str] | ServiceError:
+        """Rewards of ``items``, all from one version, that version, this replica's measured
+        speed and its id (the ingress's admission control sums the speeds); or the error.
+
+        ``timeout_s``: the request's deadline, from now. An expected error (no model yet, a
+        version not loaded, overload) is returned, not raised: a raise would log a traceback
+        per request, and a loop may poll for minutes before the first version exists.
         """
+        started = time.monotonic()
         try:
             loaded = self.pool.resolve(version)
+            costs = [estimate_tokens(p, r, self.max_length) for p, r in items]
+            self.admission.check(self.batcher.queued_costs(), sum(costs), timeout_s)
         except ServiceError as e:
+            self.metrics.refused.labels(e.kind).inc()
             return e
-        submit = self.batcher.submit
-        values = await asyncio.gather(*(submit(BatchItem(loaded, p, r)) for p, r in items))
-        return list(values), loaded.version
+        deadline = None if timeout_s is None else started + timeout_s
+        batch = [BatchItem(loaded, p, r) for p, r in items]
+        try:
+            values = await self.batcher.submit_many(batch, costs, deadline)
+        except ServiceError as e:  # its deadline passed while it waited
+            self.metrics.refused.labels(e.kind).inc()
+            return e
+        finally:
+            self.metrics.queued_tokens.set(self.batcher.queued_cost)
+        return values, loaded.version, self.throughput.tokens_per_s, self.replica_id
 
     def _score_batch(self, items: list[BatchItem]) -> list[float]:  # in the batcher's thread
         started = time.perf_counter()

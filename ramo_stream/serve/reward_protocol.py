@@ -16,6 +16,9 @@ from ramo_stream.schemas import MAX_TEXT_CHARS, Prompt
 
 # A response may be empty (a policy can emit nothing, and that deserves a reward too).
 Response = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+# An OpenRLHF query is a prompt and its response in one string: the two caps together.
+Query = Annotated[str, Field(max_length=2 * MAX_TEXT_CHARS)]
+PromptText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Version = Annotated[int, Field(ge=1)]
 VersionField = Field(
     default=None,
@@ -54,14 +57,16 @@ class GetRewardRequest(_Body):
     """OpenRLHF's remote reward model (``--remote_rm_url http://host:port/get_reward``).
 
     ``query[i]`` is the prompt and the response as one decoded string; ``prompts[i]``, when
-    given, is its prompt part. Fields OpenRLHF may add later are ignored.
+    given, is its prompt part. Fields OpenRLHF may add later are ignored. The same limits as
+    /v1/score hold: a query is at most two texts long (prompt + response), a prompt one.
     """
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
-    query: list[str] = Field(min_length=1, description="prompt + response, one per sample.")
-    prompts: list[str] | None = Field(default=None, description="The prompt of each query.")
+    query: list[Query] = Field(min_length=1, description="prompt + response, one per sample.")
+    prompts: list[PromptText] | None = Field(default=None, description="The prompt of each query.")
     labels: list[JsonValue] | None = Field(default=None, description="Ignored (for RFT).")
+    model_version: Version | None = VersionField
 
     @model_validator(mode="after")
     def _aligned(self) -> GetRewardRequest:
@@ -155,6 +160,39 @@ class VersionNotLoaded(ServiceError):
 
 class ModelFailure(ServiceError):
     kind = "model_error"
+
+
+class UnsupportedMediaType(ServiceError):
+    kind = "unsupported_media_type"
+
+
+class Unavailable(ServiceError):
+    """The service cannot answer now but may soon: overloaded, a deadline that cannot be met,
+    no replica alive. ``retry_after_s`` goes into the Retry-After header."""
+
+    kind = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles with its retry_after_s (Ray handles)
+        return (type(self), (self.message, self.retry_after_s))
+
+
+class Overloaded(Unavailable):
+    kind = "overloaded"
+
+
+class DeadlineExceeded(Unavailable):
+    kind = "deadline_exceeded"
+
+
+# What a replica that died mid-request, or no replica at all, answers: stable, no internals.
+REPLICA_LOST = (
+    "the reward-model replica serving this request stopped; it is being replaced. Retry after"
+    " the Retry-After seconds (scoring is idempotent; the Python client retries by itself)"
+)
 
 
 def no_model_message(registry: str) -> str:

@@ -34,9 +34,12 @@ Item = tuple[str | Sequence[ChatMessage], str]
 
 
 class ScoringBackend(Protocol):
-    async def score(self, items: list[Item], version: int | None) -> tuple[list[float], int]:
+    async def score(
+        self, items: list[Item], version: int | None, timeout_s: float | None = None
+    ) -> tuple[list[float], int]:
         """Rewards of ``items``, all from one version (``version``, or the current one), and
-        that version. Raises NoModel or VersionNotLoaded."""
+        that version, within ``timeout_s`` seconds. Raises NoModel, VersionNotLoaded, or
+        Unavailable (overloaded, past the deadline, no replica)."""
         ...
 
     async def info(self) -> dict[str, Any]:
@@ -64,8 +67,10 @@ class RewardService:
                 " Split the request (the Python client does it for you)."
             )
 
-    async def _score(self, items: list[Item], version: int | None) -> tuple[list[float], int]:
-        rewards, used = await self.backend.score(items, version)
+    async def _score(
+        self, items: list[Item], version: int | None, timeout_s: float | None
+    ) -> tuple[list[float], int]:
+        rewards, used = await self.backend.score(items, version, timeout_s)
         bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
         if bad:
             raise ModelFailure(
@@ -74,24 +79,26 @@ class RewardService:
             )
         return rewards, used
 
-    async def score(self, req: ScoreRequest) -> ScoreResponse:
+    async def score(self, req: ScoreRequest, timeout_s: float | None = None) -> ScoreResponse:
         self._check_count(len(req.items), "items")
         items: list[Item] = [(it.prompt, it.response) for it in req.items]
-        rewards, version = await self._score(items, req.model_version)
+        rewards, version = await self._score(items, req.model_version, timeout_s)
         return ScoreResponse(rewards=rewards, model_version=version)
 
-    async def compare(self, req: CompareRequest) -> CompareResponse:
+    async def compare(self, req: CompareRequest, timeout_s: float | None = None) -> CompareResponse:
         (r_a, r_b), version = await self._score(
-            [(req.prompt, req.a), (req.prompt, req.b)], req.model_version
+            [(req.prompt, req.a), (req.prompt, req.b)], req.model_version, timeout_s
         )
         return CompareResponse(p_a_better=sigmoid(r_a - r_b), rewards=[r_a, r_b],
                                model_version=version)  # fmt: skip
 
-    async def get_reward(self, req: GetRewardRequest) -> GetRewardResponse:
+    async def get_reward(
+        self, req: GetRewardRequest, timeout_s: float | None = None
+    ) -> GetRewardResponse:
         self._check_count(len(req.query), "query")
         prompts: list[str | None] = [*req.prompts] if req.prompts else [None] * len(req.query)
         items: list[Item] = [split_query(q, p) for q, p in zip(req.query, prompts, strict=True)]
-        rewards, version = await self._score(items, None)
+        rewards, version = await self._score(items, req.model_version, timeout_s)
         return GetRewardResponse(
             rewards=rewards,
             scores=rewards,

@@ -78,6 +78,16 @@ def _stop_requests(
         signal.signal(signal.SIGTERM, old_term)
 
 
+def init_ray() -> None:
+    """Start (or join) Ray as the trainer needs it, unless it already runs in this process."""
+    import ray
+
+    if not ray.is_initialized():
+        # Ray Train's placement-group cleaner asks the state API, which the dashboard
+        # serves: without it, it logs a warning every few seconds. Loopback only.
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+
+
 def registry_root(settings: Settings) -> str:
     return settings.train.registry or str(settings.paths.registry_dir)
 
@@ -112,10 +122,7 @@ def run_trainer(
     t = settings.train
     if from_file is None and bootstrap is None:
         raise ValueError("the trainer needs a Kafka bootstrap address or --from-file")
-    if not ray.is_initialized():
-        # Ray Train's placement-group cleaner asks the state API, which the dashboard
-        # serves: without it, it logs a warning every few seconds. Loopback only.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    init_ray()
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = t.use_gpu if t.use_gpu is not None else gpus >= t.workers
     cpus = ray.cluster_resources().get("CPU", 1)

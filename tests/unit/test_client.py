@@ -205,10 +205,39 @@ def test_500_is_the_services_failure_raised_at_once() -> None:
 
 def test_timeouts_and_connection_errors_are_retried() -> None:
     service = FakeService(failures=[httpx.ReadTimeout("slow"), httpx.ConnectError("refused"),
-                                    httpx.Response(502, text="bad gateway")])  # fmt: skip
+                                    error(429, "overloaded", "busy")])  # fmt: skip
     with client(service, retries=3) as rm:
         assert rm.score("p", ["r2"]).rewards == [2.0]
     assert len(service.requests) == 4
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_other_5xx_are_not_retried_by_default(status: int) -> None:
+    service = FakeService(failures=[httpx.Response(status, text="gateway")])
+    with client(service, retries=3) as rm, pytest.raises(RewardServiceError) as info:
+        rm.score("p", ["r1"])
+    assert len(service.requests) == 1 and info.value.status == status
+
+
+def test_retry_after_of_a_503_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as time_module
+
+    slept: list[float] = []
+    monkeypatch.setattr(time_module, "sleep", slept.append)
+    busy = httpx.Response(503, headers={"Retry-After": "2"},
+                          json={"error": {"type": "overloaded", "message": "busy"}})  # fmt: skip
+    service = FakeService(failures=[busy])
+    with client(service, retries=1, backoff_s=0.01) as rm:
+        assert rm.score("p", ["r3"]).rewards == [3.0]
+    assert slept == [2.0]
+    assert service.requests[0].headers["x-request-timeout"] == "30"  # the client's timeout_s
+
+
+def test_a_token_read_with_its_newline_still_matches() -> None:
+    service = FakeService()
+    with client(service, api_token="s3cret\n") as rm:
+        rm.score("p", ["r1"])
+    assert service.requests[0].headers["authorization"] == "Bearer s3cret"
 
 
 def test_connection_errors_exhausted_name_the_url_and_the_fix() -> None:

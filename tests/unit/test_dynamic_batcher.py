@@ -122,3 +122,86 @@ def test_a_scorer_returning_the_wrong_count_is_an_error() -> None:
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size=0"):
         DynamicBatcher(Scorer(), max_batch_size=0, wait_s=0.01)
+
+
+# ---- fairness, cost caps, deadlines --------------------------------------------------------
+
+
+def test_requests_take_turns_so_a_small_one_joins_the_next_batch() -> None:
+    async def main() -> tuple[list[int], list[int], Scorer]:
+        scorer = Scorer(hold_first=True)
+        batcher = DynamicBatcher(scorer, max_batch_size=4, wait_s=0.0)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await wait_started(scorer)
+        giant = asyncio.ensure_future(batcher.submit_many(list(range(100, 112))))
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(batcher.submit_many([7]))  # arrives behind 12 items
+        await asyncio.sleep(0)
+        scorer.release.set()
+        await first
+        return await giant, await small, scorer
+
+    giant, small, scorer = asyncio.run(main())
+    assert giant == [2 * i for i in range(100, 112)] and small == [14]
+    # FIFO would have put 7 in the fourth batch; taking turns puts it in the second.
+    assert scorer.batches[1] == [100, 7, 101, 102]
+    assert [x for b in scorer.batches[2:] for x in b] == list(range(103, 112))
+
+
+def test_a_batch_stops_at_its_cost_cap_but_always_takes_one_item() -> None:
+    async def main() -> Scorer:
+        scorer = Scorer(hold_first=True)
+        batcher = DynamicBatcher(scorer, max_batch_size=32, wait_s=0.0, max_batch_cost=10)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await wait_started(scorer)
+        costly = asyncio.ensure_future(batcher.submit_many([1, 2, 3], [4, 4, 50]))
+        await asyncio.sleep(0)
+        assert batcher.queued_cost == 58 + 1  # waiting + the running batch's item
+        scorer.release.set()
+        await asyncio.gather(first, costly)
+        assert batcher.queued_cost == 0
+        return scorer
+
+    assert asyncio.run(main()).batches == [[0], [1, 2], [3]]  # 4 + 4 <= 10; 50 alone
+
+
+def test_a_request_past_its_deadline_leaves_the_queue_with_deadline_exceeded() -> None:
+    import time
+
+    from ramo_stream.serve.reward_protocol import DeadlineExceeded
+
+    async def main() -> tuple[list[object], Scorer, int]:
+        scorer = Scorer(hold_first=True)
+        batcher = DynamicBatcher(scorer, max_batch_size=8, wait_s=0.0)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await wait_started(scorer)
+        late = asyncio.ensure_future(batcher.submit_many([1, 2], deadline=time.monotonic() + 0.05))
+        on_time = asyncio.ensure_future(batcher.submit_many([3]))
+        await asyncio.sleep(0.1)  # the model is still busy when the deadline passes
+        scorer.release.set()
+        out = await asyncio.gather(first, late, on_time, return_exceptions=True)
+        return out, scorer, batcher.queued_cost
+
+    (first, late, on_time), scorer, left = asyncio.run(main())
+    assert isinstance(late, DeadlineExceeded) and "deadline" in late.message
+    assert late.retry_after_s >= 1 and on_time == [6] and first == 0
+    assert scorer.batches == [[0], [3]] and left == 0
+
+
+def test_a_cancelled_request_frees_its_queued_cost() -> None:
+    async def main() -> tuple[int, int]:
+        scorer = Scorer(hold_first=True)
+        batcher = DynamicBatcher(scorer, max_batch_size=8, wait_s=0.0)
+        first = asyncio.ensure_future(batcher.submit(0, cost=5))
+        await wait_started(scorer)
+        gone = asyncio.ensure_future(batcher.submit_many([1, 2, 3], [10, 10, 10]))
+        await asyncio.sleep(0)
+        before = batcher.queued_cost
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        after = batcher.queued_cost
+        scorer.release.set()
+        await first
+        return before, after
+
+    assert asyncio.run(main()) == (35, 5)

@@ -84,6 +84,21 @@ def test_get_reward_request_openrlhf_shape() -> None:
         GetRewardRequest.model_validate_json('{"query": []}')
 
 
+def test_get_reward_request_has_the_limits_and_pin_of_score() -> None:
+    from ramo_stream.schemas import MAX_TEXT_CHARS
+
+    ok = "x" * (2 * MAX_TEXT_CHARS)  # a query is a prompt and a response: two texts at most
+    assert GetRewardRequest(query=[ok]).query == [ok]
+    with pytest.raises(ValidationError, match="query.0"):
+        GetRewardRequest(query=[ok + "x"])
+    with pytest.raises(ValidationError, match="prompts.0"):
+        GetRewardRequest(query=["q"], prompts=["p" * (MAX_TEXT_CHARS + 1)])
+    assert GetRewardRequest.model_validate_json('{"query": ["q"], "model_version": 2}'
+                                                ).model_version == 2  # fmt: skip
+    with pytest.raises(ValidationError, match="model_version"):
+        GetRewardRequest.model_validate_json('{"query": ["q"], "model_version": "2"}')
+
+
 def test_response_models_dump_the_contract() -> None:
     assert ScoreResponse(rewards=[0.5], model_version=2).model_dump() == {
         "rewards": [0.5],
@@ -129,7 +144,9 @@ class FakeBackend:
         self.version, self.reward = version, reward
         self.calls: list[tuple[list[Item], int | None]] = []
 
-    async def score(self, items: list[Item], version: int | None) -> tuple[list[float], int]:
+    async def score(
+        self, items: list[Item], version: int | None, timeout_s: float | None = None
+    ) -> tuple[list[float], int]:
         self.calls.append((items, version))
         if self.version is None:
             raise NoModel("none yet")
@@ -175,6 +192,8 @@ def test_get_reward_splits_each_query_on_its_prompt() -> None:
     assert out.extra_logs == {"model_version": [3, 3]} and out.model_version == 3
     with pytest.raises(TooLarge, match="query has 9"):
         run(RewardService(backend, max_items=8).get_reward(GetRewardRequest(query=["q"] * 9)))
+    run(service.get_reward(GetRewardRequest(query=["q"], model_version=2)))
+    assert backend.calls[-1] == ([("", "q")], 2)  # the pin reaches the model
 
 
 def test_non_finite_rewards_are_a_model_failure() -> None:
