@@ -399,7 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="Rebuild even if present.")
     p.set_defaults(fn=cmd_models_prepare)
 
-    from ramo_stream import cli_eval, cli_label, cli_score, cli_serve, cli_train, cli_up
+    from ramo_stream import (
+        cli_eval,
+        cli_grader,
+        cli_label,
+        cli_score,
+        cli_serve,
+        cli_train,
+        cli_up,
+    )
 
     cli_up.add_commands(sub, parent)
     cli_label.add_commands(sub, parent)
@@ -407,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_commands(sub, msub, parent)
     cli_score.add_commands(sub, parent)
     cli_eval.add_commands(sub, parent)
+    cli_grader.add_commands(sub, parent)
 
     p = add("rules", cmd_rules, "Validate a rule pool and print its size, categories and hash.")
     p.add_argument("--pool", type=Path, help="Pool YAML (default: paths.rule_pool).")
