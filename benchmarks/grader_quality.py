@@ -21,6 +21,7 @@ smaller slices (the same rows' first ones), and says so.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -60,8 +61,6 @@ TRAINED_ON = {"coconot", "refusal_direction"}  # the others are never read by tr
 
 def pair_slice(name: str, n: int, seed: int) -> list[ResponsePair]:
     """n held-out pairs of a source, drawn with ``seed`` (sides shuffled by the parser)."""
-    import json
-
     rows = []
     for row in read_jsonl(DATA / PAIR_FILES[name]):
         if name in TRAINED_ON and not held_out(name, prompt_key(row["prompt"])):
@@ -133,6 +132,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="grader_quality.md")
+    ap.add_argument("--llm-path", type=Path, help="The fine-tuned LLM grader for tuned-llm")
+    ap.add_argument("--graders", default="trained,zero-shot",
+                    help="Which to run: trained, zero-shot or both (comma-separated); the"
+                    " report shows every grader run so far with its command")  # fmt: skip
     args = ap.parse_args()
     if not (DATA / "grader").is_dir():
         sys.exit(f"skipped: {DATA} lacks the human-labelled sets (see ../shared/data/README.md)")
@@ -146,15 +149,28 @@ def main() -> None:
     slices = {name: pair_slice(name, args.pairs, args.seed) for name in PAIR_FILES}
 
     graders: list[tuple[str, Any, int, int]] = []
-    trained = make_grader(settings)
-    graders.append(("trained: " + describe(trained), trained, len(fuzz), args.pairs))
-    zs_settings = settings.model_copy(deep=True)
-    zs_settings.grader.backend = "transformers"
-    zero = make_grader(zs_settings)
-    graders.append(("zero-shot: " + describe(zero), zero, args.zero_shot_rows,
-                    args.zero_shot_pairs))  # fmt: skip
+    if "trained" in args.graders:
+        trained = make_grader(settings)
+        graders.append(("trained: " + describe(trained), trained, len(fuzz), args.pairs))
+    if "zero-shot" in args.graders:
+        zs_settings = settings.model_copy(deep=True)
+        zs_settings.grader.backend = "transformers"
+        zero = make_grader(zs_settings)
+        graders.append(("zero-shot: " + describe(zero), zero, args.zero_shot_rows,
+                        args.zero_shot_pairs))  # fmt: skip
+    if "tuned-llm" in args.graders:
+        from ramo_stream.grading.transformers_backend import TransformersGrader
 
-    results = []
+        if args.llm_path is None:
+            sys.exit("--graders tuned-llm needs --llm-path (a `ramo grader train --kind llm`)")
+        tuned = TransformersGrader(str(args.llm_path))
+        graders.append(("tuned-llm: " + describe(tuned), tuned, args.zero_shot_rows,
+                        args.zero_shot_pairs))  # fmt: skip
+
+    # Each grader's figures are kept in a JSON file next to the report, so the two graders
+    # can be run as separate processes (at the same time) and reported together.
+    store = RESULTS / (Path(args.out).stem + ".json")
+    saved: dict[str, Any] = json.loads(store.read_text()) if store.is_file() else {}
     for title, grader, n_rows, n_pairs in graders:
         t0 = time.perf_counter()
         print(title, file=sys.stderr, flush=True)
@@ -163,12 +179,24 @@ def main() -> None:
         rl = rule_level(grader, pool, fuzz[:n_rows], rbr[:n_rbr] if n_rows < len(fuzz) else rbr)
         labeler, selector = deployed_labeler(grader, pool, settings)
         pw = pairwise(labeler, {k: v[:n_pairs] for k, v in slices.items()})
-        results.append((title, rl, selector, pw, time.perf_counter() - t0))
+        kind = title.split(":")[0]
+        saved[kind] = {
+            "title": title, "rule_level": rl, "selector": selector, "pairwise": pw,
+            "seconds": time.perf_counter() - t0,
+            "command": f"python benchmarks/grader_quality.py {' '.join(sys.argv[1:])}",
+            "time": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        }  # fmt: skip
+        RESULTS.mkdir(exist_ok=True)
+        store.write_text(json.dumps(saved, indent=1))
+    results = [
+        (v["title"], v["rule_level"], v["selector"], v["pairwise"], v["seconds"], v["command"])
+        for v in saved.values()
+    ]
 
     lines = [
         f"# grader quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"command: `python benchmarks/grader_quality.py {' '.join(sys.argv[1:])}`",
+        "commands: " + "; ".join(f"`{r[5]}`" for r in results),
         f"pool {pool.name} ({pool.hash}); {args.threads} CPU threads; seed {args.seed}. Rows"
         " held out from training by question/prompt (ramo_stream/grading/sources.py"
         " `held_out`); rbr_gold/test, HH harmless and LLMBar are never trained on. 95% Wilson"
@@ -182,7 +210,7 @@ def main() -> None:
         + " | rbr mean of props |",
         "|---|---|---:|---:|" + "---|" * len(RBR_PROPOSITIONS) + "---:|",
     ]
-    for title, rl, _, _, _ in results:
+    for title, rl, *_ in results:
         g = rl["gptfuzz"]
         props = [rl[f"rbr:{p}"] for p in RBR_PROPOSITIONS]
         mean = sum(m["accuracy"] for m in props) / len(props)
@@ -202,7 +230,7 @@ def main() -> None:
         "| grader | selector | " + " | ".join(PAIR_FILES) + " | seconds |",
         "|---|---|" + "---|" * len(PAIR_FILES) + "---:|",
     ]
-    for title, _, selector, pw, secs in results:
+    for title, _, selector, pw, secs, _ in results:
         lines.append(
             f"| {title} | {selector} | "
             + " | ".join(fmt(*pw[k]) for k in PAIR_FILES)
@@ -210,7 +238,6 @@ def main() -> None:
         )
     report = "\n".join(lines)
     print("\n" + report)
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / args.out).write_text(report + "\n")
 
 

@@ -18,7 +18,9 @@ DEFAULT_ROWS = {"gptfuzz": 700, "refusal_direction": 250, "coconot": 250, "rbr_g
 SHIPPED_ROOT = Path(__file__).resolve().parent / "grading" / "trained"
 
 
-def heldout_metrics(grader: Any, data: Path, pool: Any, limit: int, seed: int) -> dict[str, Any]:
+def heldout_metrics(
+    grader: Any, data: Path, pool: Any, limit: int, seed: int, rbr_limit: int | None = None
+) -> dict[str, Any]:
     """Held-out GPTFuzz (by question) and rbr_gold/test proposition metrics for the manifest."""
     import random
 
@@ -28,7 +30,7 @@ def heldout_metrics(grader: Any, data: Path, pool: Any, limit: int, seed: int) -
     out: dict[str, Any] = {}
     fuzz = [e for e in gptfuzz_examples(data / TRAIN_FILES["gptfuzz"], pool, "test", 0.0, seed)]
     random.Random(seed).shuffle(fuzz)
-    rbr = rbr_examples(data / "rbr_gold" / "test.jsonl")
+    rbr = rbr_examples(data / "rbr_gold" / "test.jsonl")[:rbr_limit]
     for name, rows in (("gptfuzz_heldout", fuzz[:limit]), ("rbr_gold_test", rbr)):
         probs = grader.grade([as_request(e, pool[e.rule_id].text) for e in rows])
         out[name] = yes_no_metrics(probs, rows)
@@ -67,6 +69,8 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     print(f"grader train: {len(examples)} examples {counts}; base {settings.models.encoder};"
           f" top {cfg.train_layers} layers + head; {torch.get_num_threads()} threads",
           file=sys.stderr)  # fmt: skip
+    if args.kind == "llm":
+        return _train_llm(args, settings, examples, pool, data, counts)
     t0 = time.monotonic()
     with tqdm(total=None, desc="grader train", unit="step", file=sys.stderr) as bar:
 
@@ -115,6 +119,52 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _train_llm(args: argparse.Namespace, settings: Settings, examples: list[Any], pool: Any,
+               data: Path, counts: dict[str, int]) -> int:  # fmt: skip
+    """The second candidate: SmolLM2 fine-tuned on the answer word (grading/train_llm.py)."""
+    from tqdm import tqdm
+
+    from ramo_stream.grading.artifact import new_version, sha256_file
+    from ramo_stream.grading.sources import TRAIN_FILES
+    from ramo_stream.grading.train_llm import save_llm, train_llm
+    from ramo_stream.grading.transformers_backend import TransformersGrader
+    from ramo_stream.local_models import resolve
+
+    base = resolve(settings.models.grader, settings.paths.models_dir)
+    t0 = time.monotonic()
+    with tqdm(total=len(examples), desc="llm grader train", unit="ex", file=sys.stderr) as bar:
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update(1)
+
+        model, tokenizer, losses = train_llm(
+            base, examples, lambda r: pool[r].text, train_layers=args.train_layers,
+            lr=args.lr, max_tokens=args.max_tokens, seed=args.seed, on_step=on_step,
+        )  # fmt: skip
+    train_s = time.monotonic() - t0
+    root = args.out or settings.paths.cache_dir / "graders"
+    version = new_version("llm")
+    folder = save_llm(model, tokenizer, root / version, {
+        "version": version, "base_model": settings.models.grader,
+        "data_files": [{"path": f, "sha256": sha256_file(data / f)}
+                       for f in sorted(TRAIN_FILES.values())],
+        "rows_by_source": counts, "steps": len(losses), "seed": args.seed,
+        "train_layers": args.train_layers, "lr": args.lr, "max_tokens": args.max_tokens,
+        "template_version": "ramo-grade-v1", "answer_words": ["Yes", "No", "NA"],
+        "rule_pool_hash": pool.hash, "train_seconds": round(train_s, 1),
+        "loss_first_last": [sum(losses[:20]) / max(1, len(losses[:20])),
+                            sum(losses[-20:]) / max(1, len(losses[-20:]))],
+    })  # fmt: skip
+    if args.eval_rows:
+        grader = TransformersGrader(str(folder))
+        metrics = heldout_metrics(grader, data, pool, args.eval_rows, args.seed, args.eval_rows)
+        print(json.dumps(metrics, indent=1))
+    print(f"saved {folder} ({train_s:.0f} s, {len(losses)} steps); use it with"
+          f" --models-grader {folder} --grader-backend transformers")  # fmt: skip
+    return 0
+
+
 def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
     grader = sub.add_parser("grader", help="The trained grader.")
     gsub = grader.add_subparsers(dest="grader_command", required=True, metavar="ACTION")
@@ -126,6 +176,10 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
         " paths.cache_dir/graders (newest is used by grader.backend auto).",
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Shared data folder.")
+    p.add_argument("--kind", choices=["classifier", "llm"], default="classifier",
+                   help="classifier (the default grader) or llm: the second candidate,"
+                   " models.grader fine-tuned on the answer word (a full HF folder in"
+                   " paths.cache_dir/graders)")  # fmt: skip
     p.add_argument("--rows-per-source", type=int, help="Cap every source at this many rows.")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--train-layers", type=int, default=1, help="Top encoder layers trained.")

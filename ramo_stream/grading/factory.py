@@ -89,6 +89,8 @@ def describe(grader: Grader) -> str:
             f"grader {grader.name} (trained {manifest.get('created')}, base"
             f" {manifest.get('base_model')}, template {grader.template_version})"
         )
+    if (Path(grader.name) / "manifest.json").is_file():  # built by `ramo grader train --kind llm`
+        return f"grader {grader.name} (fine-tuned LLM, template {grader.template_version})"
     return f"grader {grader.name} (zero-shot LLM, template {grader.template_version})"
 
 
