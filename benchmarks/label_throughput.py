@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--encoder", type=Path, help="Adapter encoder folder (default: MiniLM)")
     ap.add_argument("--data", type=Path, help="Pairs JSONL (default: shared HH file)")
     ap.add_argument("--out", default="label_throughput.md", help="Results file name")
+    ap.add_argument("--selectors", default="adapter,random,max-discrepancy",
+                    help="Selectors timed, comma-separated")  # fmt: skip
     ap.add_argument("--classifier", action="store_true", help="Also the labeler on the"
                     " trained classifier grader (ramo grader train)")  # fmt: skip
     ap.add_argument("--reference-rules", type=int, help="Time the reference on this many"
@@ -154,7 +156,7 @@ def main() -> None:
         graders.append((f"classifier {cls.name}", cls))
     for backend, g in graders:
         g.grade(render_warmup(pairs[0], pool))
-        for selector in ("adapter", "random", "max-discrepancy"):
+        for selector in args.selectors.split(","):
             lab_settings = settings.labeling.model_copy(update={"selector": selector})
             labeler = Labeler(g, pool, lab_settings, adapter if selector == "adapter" else None)
             t0 = time.perf_counter()

@@ -13,8 +13,9 @@ from ramo_stream.config import Settings
 
 _REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = _REPO.parent / "shared" / "data"
-# Rows per source (training split): sized for a few minutes on a 2-core CPU.
-DEFAULT_ROWS = {"gptfuzz": 700, "refusal_direction": 250, "coconot": 250, "rbr_gold": 300}
+# Rows per source (training split) and the defaults below: the shipped artifact, sized for
+# minutes on a shared 2-core CPU (a larger run: --rows-per-source, --epochs, --max-tokens).
+DEFAULT_ROWS = {"gptfuzz": 200, "refusal_direction": 200, "coconot": 200, "rbr_gold": 200}
 SHIPPED_ROOT = Path(__file__).resolve().parent / "grading" / "trained"
 
 
@@ -109,7 +110,7 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     def evaluate(grader: Any) -> dict[str, Any]:
         if args.eval_rows == 0:
             return {}
-        return heldout_metrics(grader, data, pool, args.eval_rows, args.seed)
+        return heldout_metrics(grader, data, pool, args.eval_rows, args.seed, args.eval_rows)
 
     folder = publish(model, names, root, manifest, base, pool.hash, evaluate)
     m = json.loads((folder / "manifest.json").read_text())
@@ -181,14 +182,14 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    " models.grader fine-tuned on the answer word (a full HF folder in"
                    " paths.cache_dir/graders)")  # fmt: skip
     p.add_argument("--rows-per-source", type=int, help="Cap every source at this many rows.")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-layers", type=int, default=1, help="Top encoder layers trained.")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice).")
-    p.add_argument("--eval-rows", type=int, default=200,
+    p.add_argument("--eval-rows", type=int, default=99,
                    help="Held-out GPTFuzz rows scored for the manifest (0: none).")  # fmt: skip
     p.add_argument("--out", type=Path, help="Artifact root (default paths.cache_dir/graders).")
     p.add_argument("--ship", action="store_true",

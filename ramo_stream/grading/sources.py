@@ -37,7 +37,9 @@ from typing import Literal
 from ramo_stream.core.rules import RulePool
 
 Answer = Literal[0, 1, 2]  # index into AnswerWords.as_tuple(): Yes, No, NA
-YES, NO, NA = 0, 1, 2
+YES: Literal[0] = 0
+NO: Literal[1] = 1
+NA: Literal[2] = 2
 
 HELD_OUT_SHARE = 0.2
 SPLIT_SALT = "ramo-grader-split-v1"

@@ -42,10 +42,10 @@ from ramo_stream.schemas import ChatMessage
 @dataclass(frozen=True)
 class TrainConfig:
     train_layers: int = 1
-    lr: float = 1e-4
+    lr: float = 1e-3
     batch: int = 16
-    epochs: int = 1
-    max_tokens: int = 128
+    epochs: int = 2
+    max_tokens: int = 96
     seed: int = 0
     warmup: float = 0.06
 
