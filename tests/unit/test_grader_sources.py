@@ -92,3 +92,28 @@ def test_wilson_and_ece() -> None:
     assert 0.82 < lo < 0.9 < hi < 0.95
     assert ece([1.0, 1.0, 0.0, 0.0], [True, True, False, False]) == 0.0
     assert ece([0.9] * 10, [True] * 5 + [False] * 5) == pytest.approx(0.4)
+
+
+def test_auto_backend_uses_the_shipped_grader_only_for_its_pool(tmp_path: Path) -> None:
+    from ramo_stream.config import load_settings
+    from ramo_stream.grading.factory import NoTrainedGrader, choose_backend
+
+    settings = load_settings(None, {"paths.cache_dir": str(tmp_path)})
+    backend, artifact = choose_backend(settings)
+    assert backend == "classifier" and artifact is not None  # the shipped artifact
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["rule_pool_hash"] == load_pool(default_rule_pool()).hash
+    other = tmp_path / "pool.yaml"
+    other.write_text(
+        "name: tiny\nrules:\n  - id: x-001\n    category: tone\n    kind: helpful\n"
+        "    text: The response is polite.\n"
+    )
+    custom = load_settings(None, {"paths.cache_dir": str(tmp_path), "paths.rule_pool": str(other)})
+    assert choose_backend(custom) == ("transformers", None)
+    forced = load_settings(
+        None,
+        {"paths.cache_dir": str(tmp_path), "paths.rule_pool": str(other),
+         "grader.backend": "classifier"},
+    )  # fmt: skip
+    with pytest.raises(NoTrainedGrader, match="ramo grader train"):
+        choose_backend(forced)
