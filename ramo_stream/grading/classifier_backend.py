@@ -61,7 +61,15 @@ def load_trained(folder: Path, base: str | Path, pool_hash: str) -> tuple[Any, d
             base_sha256=base_sha256(base),
         ),
     )
-    model = build_model(base)
+    from transformers.utils import logging as hf_logging
+
+    # The base has no head: transformers reports it "missing"; the artifact supplies it.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = build_model(base)
+    finally:
+        hf_logging.set_verbosity(level)
     trained = load_file(str(folder / WEIGHTS))
     state = model.state_dict()
     unknown = sorted(set(trained) - set(state))
