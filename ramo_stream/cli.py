@@ -404,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ramo_stream import (
         cli_eval,
+        cli_grader,
         cli_label,
         cli_score,
         cli_select,
@@ -419,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_score.add_commands(sub, parent)
     cli_eval.add_commands(sub, parent)
     cli_select.add_commands(sub, parent)
+    cli_grader.add_commands(sub, parent)
 
     p = add("rules", cmd_rules, "Validate a rule pool and print its size, categories and hash.")
     p.add_argument("--pool", type=Path, help="Pool YAML (default: paths.rule_pool).")

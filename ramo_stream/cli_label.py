@@ -42,9 +42,11 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     if not args.input.is_file():
         print(f"no such file: {args.input}", file=sys.stderr)
         return 2
+    from ramo_stream.grading.factory import describe
+
     labeler = _labeler(settings)
-    print(f"selector {labeler.settings.selector}: {labeler.calls_per_pair()} grader calls per pair"
-          f" ({settings.grader.backend}, {labeler.grader.name})", file=sys.stderr)  # fmt: skip
+    print(f"selector {labeler.settings.selector}: {labeler.calls_per_pair()} grader calls per pair;"
+          f" {describe(labeler.grader)}", file=sys.stderr)  # fmt: skip
     r = _label(args.input, args.output, labeler, settings, args.limit)
     print(f"labeled {r.labeled}, skipped {r.skipped} already in {args.output}, "
           f"rejected {r.rejected}; preferred a/b/tie = "
@@ -172,6 +174,9 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
             serve.start(
                 http_options={"host": "127.0.0.1"}, logging_config={"enable_access_log": False}
             )
+            from ramo_stream.grading.factory import describe_choice
+
+            print(describe_choice(settings), flush=True)
             handle = serve.run(build_app(app_args), name="labeler", route_prefix=None)
             _bridge_until_stopped(settings, bootstrap, handle, stop, args.idle_timeout)
         finally:

@@ -66,6 +66,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     m = settings.models
     for name in {m.grader, m.encoder, m.reward_backbone} & set(KNOWN):
         prepare(name, settings.paths.models_dir)  # once; later runs find the folder
+    from ramo_stream.grading.factory import describe_choice
+
+    print(describe_choice(settings), flush=True)
     options = UpOptions(
         files=files,
         limit=args.limit,

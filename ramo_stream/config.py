@@ -173,11 +173,23 @@ class ModelSettings(_Section):
 
 
 class GraderSettings(_Section):
-    backend: Literal["transformers", "vllm", "openai"] = Field(
+    backend: Literal["auto", "classifier", "transformers", "vllm", "openai"] = Field(
+        # Not auto yet: the shipped classifier prefers refusals on benign pairs
+        # (refusal_direction 0.15 [0.05, 0.36], benchmarks/results/grader_quality.md).
         default="transformers",
-        description="Grader engine: transformers (any CPU/GPU), vllm (the vLLM engine in"
+        description="Grader engine: classifier (the trained cross-encoder of `ramo grader"
+        " train`), transformers (an LLM's answer word, any CPU/GPU), vllm (the vLLM engine in"
         " process) or openai (a client of an OpenAI-compatible completions server, e.g."
-        " `vllm serve`).",
+        " `vllm serve`). auto: classifier when a trained grader for the rule pool exists and"
+        " models.grader is left at its default, else transformers.",
+    )
+    artifact: Path | None = Field(
+        default=None,
+        description="classifier backend: the trained grader folder. Default: the newest under"
+        " paths.cache_dir/graders or shipped in the package.",
+    )
+    classifier_batch: int = Field(
+        default=64, ge=1, description="classifier backend: (rule, response) inputs per forward."
     )
     dtype: str = Field(
         default="auto",

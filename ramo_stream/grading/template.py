@@ -150,3 +150,21 @@ def prompt_token_ids(
             " or raise the limit"
         )
     return ids
+
+
+# --- the classifier grader's input (a cross-encoder reads text, not a chat template) ---------
+
+# Bumped whenever classifier_text() changes: a trained classifier learnt this layout, and
+# one trained on another is refused at load time.
+CLASSIFIER_TEMPLATE_VERSION = "ramo-cls-v1"
+# Characters kept before tokenisation: the end of the conversation (the request being
+# answered is last) and the start of the response (a refusal or a compliance shows early).
+CLASSIFIER_CONVERSATION_CHARS = 600
+CLASSIFIER_RESPONSE_CHARS = 1500
+
+
+def classifier_text(prompt: str | list[ChatMessage], response: str) -> str:
+    """Second segment of the cross-encoder input; the rule text is the first. The head's
+    three outputs are the answer words in ``AnswerWords.as_tuple()`` order."""
+    conversation = conversation_text(prompt)[-CLASSIFIER_CONVERSATION_CHARS:]
+    return f"Conversation: {conversation}\nResponse: {response.strip()[:CLASSIFIER_RESPONSE_CHARS]}"

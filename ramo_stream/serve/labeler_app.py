@@ -67,9 +67,10 @@ def _request(d: dict[str, Any]) -> GradeRequest:
 @serve.deployment
 class GraderDeployment:
     def __init__(self, args: LabelerAppArgs) -> None:
-        from ramo_stream.grading.factory import make_grader
+        from ramo_stream.grading.factory import describe, make_grader
 
         self.grader = make_grader(args.settings())
+        print(f"labeler: {describe(self.grader)}", flush=True)  # in the Serve replica's log
 
     def info(self) -> dict[str, str]:
         return {"name": self.grader.name, "template_version": self.grader.template_version}

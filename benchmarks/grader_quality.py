@@ -1,0 +1,245 @@
+"""Grader quality on held-out human judgments: the trained grader against the zero-shot one.
+
+Every row here is held out from `ramo grader train` by ramo_stream/grading/sources.py's
+``held_out`` (by GPTFuzz question, by prompt text for the pair sets), or from a file it
+never reads (rbr_gold/test.jsonl, HH harmless, LLMBar). Per grader:
+
+- rule level: GPTFuzz held-out questions (accuracy of "breaks the rule" vs human
+  `jailbroken`, F1 on jailbroken, ECE of P(Yes)); rbr_gold/test propositions mapped to rules
+  (accuracy per proposition and mean);
+- pairwise: the whole labeler (the selector `ramo up` deploys: the Rule Adapter when one is
+  trained for the pool, else random-k, as `ramo up` falls back) on slices of HH harmless,
+  CoCoNot pref, refusal_direction and LLMBar; agreement with the human preference, ties
+  count as disagreement.
+
+Wilson 95% intervals throughout. The zero-shot SmolLM2 grader is slow on a CPU: it gets
+smaller slices (the same rows' first ones), and says so.
+
+    python benchmarks/grader_quality.py [--pairs 60] [--fuzz-rows 400] [--zero-shot-pairs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ramo_stream.config import load_settings
+from ramo_stream.core.rules import load_pool
+from ramo_stream.grading.factory import describe, make_grader
+from ramo_stream.grading.sources import (
+    RBR_PROPOSITIONS,
+    TRAIN_FILES,
+    gptfuzz_examples,
+    held_out,
+    prompt_key,
+    rbr_examples,
+    read_jsonl,
+)
+from ramo_stream.grading.train_classifier import as_request, wilson, yes_no_metrics
+from ramo_stream.ingest import parse_line
+from ramo_stream.labeling import Labeler
+from ramo_stream.schemas import ResponsePair
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = Path(__file__).parent / "results"
+PAIR_FILES = {
+    "hh_harmless": "hh_harmless_test.jsonl",
+    "coconot": TRAIN_FILES["coconot"],
+    "refusal_direction": TRAIN_FILES["refusal_direction"],
+    "llmbar": "llmbar_pairs.jsonl",
+}
+TRAINED_ON = {"coconot", "refusal_direction"}  # the others are never read by training
+
+
+def pair_slice(name: str, n: int, seed: int) -> list[ResponsePair]:
+    """n held-out pairs of a source, drawn with ``seed`` (sides shuffled by the parser)."""
+    rows = []
+    for row in read_jsonl(DATA / PAIR_FILES[name]):
+        if name in TRAINED_ON and not held_out(name, prompt_key(row["prompt"])):
+            continue
+        pair = parse_line(json.dumps(row), name)
+        if isinstance(pair, ResponsePair):
+            rows.append(pair)
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+def fmt(hits: int, n: int) -> str:
+    if n == 0:
+        return "n/a"
+    lo, hi = wilson(hits, n)
+    return f"{hits / n:.3f} [{lo:.2f}, {hi:.2f}] (n={n})"
+
+
+def fmt_m(m: dict[str, Any]) -> str:
+    n = m["n"]
+    return fmt(round(m["accuracy"] * n), n)
+
+
+def rule_level(grader: Any, pool: Any, fuzz: list[Any], rbr: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    probs = grader.grade([as_request(e, pool[e.rule_id].text) for e in fuzz])
+    out["gptfuzz"] = yes_no_metrics(probs, fuzz)
+    probs = grader.grade([as_request(e, pool[e.rule_id].text) for e in rbr])
+    for prop in RBR_PROPOSITIONS:
+        rows = [(p, e) for p, e in zip(probs, rbr, strict=True) if e.source == f"rbr:{prop}"]
+        out[f"rbr:{prop}"] = yes_no_metrics([p for p, _ in rows], [e for _, e in rows])
+    out["rbr:all"] = yes_no_metrics(probs, rbr)
+    return out
+
+
+def pairwise(labeler: Labeler, slices: dict[str, list[ResponsePair]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for name, pairs in slices.items():
+        hits = 0
+        for start in range(0, len(pairs), 4):
+            for lp in labeler.label(pairs[start : start + 4]):
+                hits += int(lp.preferred == lp.pair.metadata.get("gold"))
+        out[name] = [hits, len(pairs)]
+        print(f"  {name}: {fmt(hits, len(pairs))}", file=sys.stderr, flush=True)
+    return out
+
+
+def deployed_labeler(grader: Any, pool: Any, settings: Any) -> tuple[Labeler, str]:
+    """The labeler `ramo up` runs: the adapter if one is trained for the pool, else random-k."""
+    lab = settings.labeling
+    if lab.selector == "adapter":
+        try:
+            from ramo_stream.adapter.model import load_adapter
+
+            adapter = load_adapter(settings.paths.adapter_dir, pool)
+            return Labeler(grader, pool, lab, adapter), "adapter (trained)"
+        except (FileNotFoundError, ValueError) as e:
+            print(f"no usable Rule Adapter ({e}); random-k as `ramo up` does", file=sys.stderr)
+            lab = lab.model_copy(update={"selector": "random"})
+    return Labeler(grader, pool, lab), f"{lab.selector} (no trained adapter)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=60, help="Pairs per pair source (trained).")
+    ap.add_argument("--fuzz-rows", type=int, default=400, help="Held-out GPTFuzz rows.")
+    ap.add_argument("--zero-shot-pairs", type=int, default=10)
+    ap.add_argument("--zero-shot-rows", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="grader_quality.md")
+    ap.add_argument("--llm-path", type=Path, help="The fine-tuned LLM grader for tuned-llm")
+    ap.add_argument("--graders", default="trained,zero-shot",
+                    help="Which to run: trained, zero-shot or both (comma-separated); the"
+                    " report shows every grader run so far with its command")  # fmt: skip
+    args = ap.parse_args()
+    if not (DATA / "grader").is_dir():
+        sys.exit(f"skipped: {DATA} lacks the human-labelled sets (see ../shared/data/README.md)")
+    torch.set_num_threads(args.threads)
+    settings = load_settings()
+    pool = load_pool(settings.paths.rule_pool)
+    fuzz = gptfuzz_examples(DATA / TRAIN_FILES["gptfuzz"], pool, "test", 0.0, args.seed)
+    random.Random(args.seed).shuffle(fuzz)
+    fuzz = fuzz[: args.fuzz_rows]
+    rbr = rbr_examples(DATA / "rbr_gold" / "test.jsonl")
+    slices = {name: pair_slice(name, args.pairs, args.seed) for name in PAIR_FILES}
+
+    graders: list[tuple[str, Any, int, int]] = []
+    if "trained" in args.graders:
+        trained = make_grader(settings)
+        graders.append(("trained: " + describe(trained), trained, len(fuzz), args.pairs))
+    if "zero-shot" in args.graders:
+        zs_settings = settings.model_copy(deep=True)
+        zs_settings.grader.backend = "transformers"
+        zero = make_grader(zs_settings)
+        graders.append(("zero-shot: " + describe(zero), zero, args.zero_shot_rows,
+                        args.zero_shot_pairs))  # fmt: skip
+    if "tuned-llm" in args.graders:
+        from ramo_stream.grading.transformers_backend import TransformersGrader
+
+        if args.llm_path is None:
+            sys.exit("--graders tuned-llm needs --llm-path (a `ramo grader train --kind llm`)")
+        tuned = TransformersGrader(str(args.llm_path))
+        graders.append(("tuned-llm: " + describe(tuned), tuned, args.zero_shot_rows,
+                        args.zero_shot_pairs))  # fmt: skip
+
+    # Each grader's figures are kept in a JSON file next to the report, so the two graders
+    # can be run as separate processes (at the same time) and reported together.
+    store = RESULTS / (Path(args.out).stem + ".json")
+    saved: dict[str, Any] = json.loads(store.read_text()) if store.is_file() else {}
+    for title, grader, n_rows, n_pairs in graders:
+        t0 = time.perf_counter()
+        print(title, file=sys.stderr, flush=True)
+        # rbr rows come in groups of len(RBR_PROPOSITIONS) per completion: keep whole groups
+        n_rbr = (n_rows // len(RBR_PROPOSITIONS)) * len(RBR_PROPOSITIONS)
+        rl = rule_level(grader, pool, fuzz[:n_rows], rbr[:n_rbr] if n_rows < len(fuzz) else rbr)
+        labeler, selector = deployed_labeler(grader, pool, settings)
+        pw = pairwise(labeler, {k: v[:n_pairs] for k, v in slices.items()})
+        kind = title.split(":")[0]
+        saved[kind] = {
+            "title": title, "rule_level": rl, "selector": selector, "pairwise": pw,
+            "seconds": time.perf_counter() - t0,
+            "command": f"python benchmarks/grader_quality.py {' '.join(sys.argv[1:])}",
+            "time": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        }  # fmt: skip
+        RESULTS.mkdir(exist_ok=True)
+        store.write_text(json.dumps(saved, indent=1))
+    results = [
+        (v["title"], v["rule_level"], v["selector"], v["pairwise"], v["seconds"], v["command"])
+        for v in saved.values()
+    ]
+
+    lines = [
+        f"# grader quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        "commands: " + "; ".join(f"`{r[5]}`" for r in results),
+        f"pool {pool.name} ({pool.hash}); {args.threads} CPU threads; seed {args.seed}. Rows"
+        " held out from training by question/prompt (ramo_stream/grading/sources.py"
+        " `held_out`); rbr_gold/test, HH harmless and LLMBar are never trained on. 95% Wilson"
+        " intervals. The zero-shot grader is scored on the first rows/pairs of the same"
+        " slices (smaller: it is slow on a CPU).",
+        "",
+        "## Rule level",
+        "",
+        "| grader | GPTFuzz held-out acc | F1 (jailbroken) | ECE P(Yes) | "
+        + " | ".join(f"rbr {p}" for p in RBR_PROPOSITIONS)
+        + " | rbr mean of props |",
+        "|---|---|---:|---:|" + "---|" * len(RBR_PROPOSITIONS) + "---:|",
+    ]
+    for title, rl, *_ in results:
+        g = rl["gptfuzz"]
+        props = [rl[f"rbr:{p}"] for p in RBR_PROPOSITIONS]
+        mean = sum(m["accuracy"] for m in props) / len(props)
+        lines.append(
+            f"| {title} | {fmt_m(g)} | {g['f1_no']:.3f} | {g['ece_p_yes']:.3f} | "
+            + " | ".join(fmt_m(m) for m in props)
+            + f" | {mean:.3f} |"
+        )
+    lines += [
+        "",
+        "rbr propositions mapped (sources.py RBR_PROPOSITIONS): "
+        + ", ".join(f"{p} -> {r}" for p, (r, _, _) in RBR_PROPOSITIONS.items())
+        + "; the other 20 propositions have no rule of the pool and are not scored.",
+        "",
+        "## Pairwise agreement of the whole labeler with the human preference",
+        "",
+        "| grader | selector | " + " | ".join(PAIR_FILES) + " | seconds |",
+        "|---|---|" + "---|" * len(PAIR_FILES) + "---:|",
+    ]
+    for title, _, selector, pw, secs, _ in results:
+        lines.append(
+            f"| {title} | {selector} | "
+            + " | ".join(fmt(*pw[k]) for k in PAIR_FILES)
+            + f" | {secs:.0f} |"
+        )
+    report = "\n".join(lines)
+    print("\n" + report)
+    (RESULTS / args.out).write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
