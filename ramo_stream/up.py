@@ -378,8 +378,11 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
             raise KeyboardInterrupt
         (abort if stop.is_set() else stop).set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
+    def install() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+
+    install()
     headers = {"Authorization": f"Bearer {s.api_token}"} if s.api_token else {}
     overrides = flat_settings(settings)
     failed: Component | None = None
@@ -390,6 +393,7 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
         print(line, file=out, flush=True)
 
     with kafka_session(settings, announce=True) as bootstrap, ray_session(settings):
+        install()  # ray.init replaced the SIGTERM handler with sys.exit: SIGTERM drains too
         say(f"broker {bootstrap}; Ray up (its logs: {ray_log_dir()}); starting Serve on {url}")
         quiet = {"enable_access_log": False, "log_level": "WARNING"}
         serve.start(http_options={"host": s.host, "port": s.port}, logging_config=quiet)

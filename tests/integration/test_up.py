@@ -36,9 +36,9 @@ def _group_members(pgid: int) -> list[psutil.Process]:
     return alive
 
 
-def _up_command(models_dir: Path, cache: Path, port: int) -> list[str]:
+def _up_command(models_dir: Path, cache: Path, port: int, pairs: int = PAIRS) -> list[str]:
     return [
-        sys.executable, "-m", "ramo_stream.cli", "up", "--demo", "--limit", str(PAIRS),
+        sys.executable, "-m", "ramo_stream.cli", "up", "--demo", "--limit", str(pairs),
         "--view-every", "1",
         "--paths-cache-dir", str(cache), "--serve-port", str(port),
         "--models-grader", str(models_dir / "smollm2-135m-instruct"),
@@ -151,7 +151,7 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
 def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
     models_dir: Path, tmp_path: Path
 ) -> None:
-    """Ctrl-C twice as soon as the first version exists (most pairs still unlabeled): it
+    """SIGTERM, then Ctrl-C, as soon as the first version exists (most pairs still unlabeled): it
     stops without draining, and the drop line accounts for every accepted pair.
 
     The registry starts with a version from an earlier run whose read positions name a
@@ -168,8 +168,9 @@ def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
         base_model="all-minilm-l6-v2",
     )  # fmt: skip
     log_path = tmp_path / "up.log"
+    pairs = 24  # more than the first test: the stop must come while many are unlabeled
     with log_path.open("w") as log:
-        proc = subprocess.Popen(_up_command(models_dir, cache, free_port()), env=_env(),
+        proc = subprocess.Popen(_up_command(models_dir, cache, free_port(), pairs), env=_env(),
                                 stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
     try:
@@ -177,7 +178,11 @@ def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
         while time.monotonic() < deadline and proc.poll() is None and len(registry.versions()) < 2:
             time.sleep(0.5)
         assert proc.poll() is None and len(registry.versions()) >= 2, log_path.read_text()[-4000:]
-        os.killpg(proc.pid, signal.SIGINT)
+        seen = re.findall(r"labeled\s+(\d+)", log_path.read_text())
+        labeled_at_stop = int(seen[-1]) if seen else 0
+        # The first stop request is a SIGTERM (what Kubernetes sends), which must drain like
+        # Ctrl-C even though ray.init() installs its own SIGTERM handler; then a Ctrl-C.
+        proc.send_signal(signal.SIGTERM)
         while "Ctrl-C again skips that" not in log_path.read_text() and proc.poll() is None:
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
@@ -196,6 +201,11 @@ def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
     labels_read = sum(final.offsets["ramo.labels"].values())
     # Every accepted pair is either behind the final version, a label it did not read, or
     # a pair never labeled; and the stop came early enough that some were dropped.
-    assert labels_read + labels_dropped + pairs_dropped == PAIRS, out[-4000:]
-    assert pairs_dropped + labels_dropped > 0, out[-4000:]
+    assert labels_read + labels_dropped + pairs_dropped == pairs, out[-4000:]
+    if labeled_at_stop <= pairs - 6:
+        # Three batches of 2 or more were left: between the two signals (well under a
+        # second) and the bridge's batch in flight, not all of them can be labeled.
+        assert pairs_dropped > 0, out[-4000:]
     assert final.samples_seen - earlier.samples_seen + final.heldout_size == labels_read
+    time.sleep(2)
+    assert not _group_members(proc.pid), [(p.pid, p.name()) for p in _group_members(proc.pid)]
