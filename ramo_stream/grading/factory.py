@@ -4,23 +4,34 @@ from __future__ import annotations
 
 from ramo_stream.config import Settings
 from ramo_stream.grading.base import Grader
-from ramo_stream.local_models import resolve
+from ramo_stream.local_models import model_id, resolve
 
 
 def make_grader(settings: Settings) -> Grader:
     model = resolve(settings.models.grader, settings.paths.models_dir)
     g = settings.grader
+    grader: Grader
     if g.backend == "transformers":
         from ramo_stream.grading.transformers_backend import TransformersGrader
 
-        return TransformersGrader(
+        grader = TransformersGrader(
             model, dtype=g.dtype, rule_batch=g.rule_batch, max_prompt_tokens=g.max_prompt_tokens
         )
-    if g.backend == "vllm":
+    elif g.backend == "vllm":
         # The backend imports vllm in its constructor and says what to install if missing.
         from ramo_stream.grading.vllm_backend import VLLMGrader
 
-        return VLLMGrader(model, dtype=g.dtype, max_prompt_tokens=g.max_prompt_tokens)
+        grader = VLLMGrader(model, dtype=g.dtype, max_prompt_tokens=g.max_prompt_tokens)
+    else:
+        grader = _openai(settings, model)
+    if g.backend in ("transformers", "vllm"):
+        # Every label records this: a portable id (name@weights digest), not the local path.
+        grader.name = model_id(settings.models.grader, settings.paths.models_dir)
+    return grader
+
+
+def _openai(settings: Settings, model: str) -> Grader:
+    g = settings.grader
     if g.backend == "openai":
         from ramo_stream.grading.openai_backend import OpenAIGrader
 
@@ -35,4 +46,4 @@ def make_grader(settings: Settings) -> Grader:
             batch=g.openai_batch,
             max_prompt_tokens=g.max_prompt_tokens,
         )
-    raise ValueError(f"unknown grader.backend {g.backend!r}")
+    raise ValueError(f"unknown grader.backend {g.backend!r}")  # pragma: no cover
