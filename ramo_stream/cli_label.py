@@ -186,8 +186,11 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
             handle = serve.run(build_app(app_args), name="labeler", route_prefix=None)
             _bridge_until_stopped(settings, bootstrap, handle, stop, args.idle_timeout)
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            from ramo_stream.ray_stop import quiet_ray_stop
+
+            with quiet_ray_stop():  # no "(raylet) ... killed by ray.kill" lines on a clean stop
+                serve.shutdown()
+                ray.shutdown()
     return 0
 
 

@@ -87,8 +87,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         except KeyboardInterrupt:
             pass
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        from ramo_stream.ray_stop import quiet_ray_stop
+
+        with quiet_ray_stop():  # no "(raylet) ... killed by ray.kill" lines on a clean stop
+            serve.shutdown()
+            ray.shutdown()
     print("reward service stopped")
     return 0
 

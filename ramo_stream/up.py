@@ -309,10 +309,15 @@ def ray_session(settings: Settings) -> Iterator[None]:
         # the trainer's placement-group cleaner needs the dashboard's state API (loopback)
         ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  logging_level="WARNING", log_to_driver=False)  # fmt: skip
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    from ramo_stream.ray_stop import quiet_ray_stop
+
+    # Ray's error listener prints asynchronously, from serve.shutdown() until ray.shutdown()
+    # returns, so the filter spans the whole session (it drops only those exact lines).
+    with quiet_ray_stop():
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def ray_log_dir() -> str:
