@@ -190,8 +190,11 @@ class ModelSettings(_Section):
         description="Encoder of the Rule Adapter: a prepared name or any Hugging Face path.",
     )
     reward_backbone: str = Field(
-        default="smollm2-135m-instruct",
-        description="Backbone of the reward model: a prepared name or any Hugging Face path.",
+        default="all-minilm-l6-v2",
+        description="Backbone of the reward model: a prepared name or any Hugging Face path."
+        " Default: all-MiniLM-L6-v2, which on a CPU scores and trains ~10x faster than"
+        " SmolLM2-135M with no measurable loss of held-out accuracy on the same labels"
+        " (benchmarks/reward_backbone.py); on a GPU pick a larger model.",
     )
 
 
