@@ -44,6 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ramo_stream.core.stats import accuracy_with_interval
+
 RESULTS = Path(__file__).parent / "results"
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl"
 
@@ -220,11 +222,12 @@ def main() -> int:
         "",
         "Held-out accuracy over time (agreement with the labeler's labels on the held-out slice):",
         "",
-        "| version | s since first pair | pairs trained | held-out accuracy | held-out pairs |",
+        "| version | s since first pair | pairs trained | held-out accuracy [95% interval] |"
+        " held-out pairs |",
         "|---:|---:|---:|---:|---:|",
     ]
     for c in loop["curve"]:
-        acc = "-" if c["heldout_accuracy"] is None else f"{c['heldout_accuracy']:.3f}"
+        acc = accuracy_with_interval(c["heldout_accuracy"], c["heldout_size"])
         lines.append(f"| {c['version']} | {c['t_s']:.1f} | {c['samples_seen']} | {acc} |"
                      f" {c['heldout_size']} |")  # fmt: skip
     report = "\n".join(lines)

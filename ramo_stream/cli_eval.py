@@ -82,6 +82,7 @@ def _eval_registry(args: argparse.Namespace, settings: Settings, examples: list[
 def _eval_service(args: argparse.Namespace, settings: Settings, examples: list[Any]) -> list[Any]:
     from ramo_stream.cli_score import default_url
     from ramo_stream.client import RewardClient
+    from ramo_stream.core.pacing import RequestSizer
     from ramo_stream.evaluate import score_remote, summarize
 
     url = args.url or default_url(settings)
@@ -98,11 +99,19 @@ def _eval_service(args: argparse.Namespace, settings: Settings, examples: list[A
                 f"the reward service at {url} serves no version yet: `ramo train` or `ramo"
                 " models publish PATH` publishes one, which it picks up by itself"
             )
-        results = []
-        for version in versions:
-            with _bar(2 * len(examples), f"v{version} @ {url}") as bar:
-                rewards = score_remote(client, examples, version, bar.update)
-            results.append(summarize(f"v{version}", version, url, examples, rewards))
+    token, max_items = settings.serve.api_token, settings.serve.max_items
+
+    def client_for(timeout_s: float, items: int) -> Any:
+        # One request per call, no retries: score_remote decides what to resend, never a
+        # request the service may still be scoring.
+        return RewardClient(url, token, timeout_s=timeout_s, retries=0, batch_size=items)
+
+    results = []
+    for version in versions:
+        sizer = RequestSizer(budget_s=args.request_seconds, max_items=max_items)
+        with _bar(2 * len(examples), f"v{version} @ {url}") as bar:
+            rewards = score_remote(client_for, examples, version, bar.update, sizer)
+        results.append(summarize(f"v{version}", version, url, examples, rewards))
     return results
 
 
@@ -130,6 +139,10 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit is not None and args.limit < 1:
         print(f"error: --limit must be >= 1 (got {args.limit})", file=sys.stderr)
         return 2
+    if args.request_seconds <= 0:
+        print(f"error: --request-seconds must be > 0 (got {args.request_seconds})",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if args.all_versions and args.version:
         print("error: give --version N (repeatable) or --all-versions, not both", file=sys.stderr)
         return 2
@@ -146,9 +159,10 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {args.data} holds no examples (every line is blank)", file=sys.stderr)
         return 2
 
+    from ramo_stream.evaluate import RemoteEvalError
     from ramo_stream.reward.registry import RegistryError
 
-    failures: tuple[type[BaseException], ...] = (EvalError, RegistryError)
+    failures: tuple[type[BaseException], ...] = (EvalError, RegistryError, RemoteEvalError)
     try:
         from ramo_stream.client import RewardServiceError
 
@@ -196,6 +210,11 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="Score with a running reward service at this base URL instead of "
                    "loading versions here (bare --url: serve.host:serve.port). Its token is "
                    "the serve.api_token setting (RAMO_SERVE__API_TOKEN).")  # fmt: skip
+    p.add_argument("--request-seconds", type=float, default=10.0, metavar="S",
+                   help="With --url: aim each scoring request at this many seconds; its size"
+                   " follows the rate the service showed on the first replies (a CPU service"
+                   " gets a few items per request, a GPU one up to serve.max_items), and its"
+                   " timeout is 4x its expected time (default 10).")  # fmt: skip
     p.add_argument("--limit", type=int, metavar="N", help="Score only the first N examples.")
     p.add_argument("--out", type=Path, metavar="PREFIX",
                    help="Also write PREFIX.json (per-example rewards too) and PREFIX.md; with "

@@ -10,6 +10,34 @@ from typing import Any
 from ramo_stream.config import Settings, flat_settings
 
 
+def user_keys(args: argparse.Namespace) -> set[str]:
+    """Settings given as flags (the parser stores them as ``set:<key>``)."""
+    return {k.split(":", 1)[1] for k in vars(args) if k.startswith("set:")}
+
+
+def selector_without_adapter(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The one rule every command follows when ``labeling.selector`` is ``adapter`` and no
+    Rule Adapter has been trained (a fresh clone): the default falls back to ``random``
+    with a note on stderr; an explicit ``--selector adapter`` is an error that says the fix.
+
+    Returns the selector to use instead (``random``), None when nothing changes; raises
+    ``SystemExit(2)`` after printing the error.
+    """
+    from ramo_stream.adapter.model import MANIFEST
+
+    adapter_dir = settings.paths.adapter_dir
+    if settings.labeling.selector != "adapter" or (adapter_dir / MANIFEST).is_file():
+        return None
+    if "labeling.selector" in user_keys(args):
+        print(f"error: --selector adapter needs a Rule Adapter at {adapter_dir}; train one with"
+              " `ramo adapter train`, or pick another selector (--selector random)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    print(f"note: no Rule Adapter at {adapter_dir} yet (`ramo adapter train` makes one);"
+          " labeling with --selector random until then", file=sys.stderr)  # fmt: skip
+    return "random"
+
+
 def _labeler(settings: Settings, selector: str | None = None) -> Any:
     from ramo_stream.core.rules import load_pool
     from ramo_stream.grading.factory import make_grader
@@ -40,11 +68,11 @@ def _label(src: Path, out: Path, labeler: Any, settings: Settings, limit: int | 
 
 def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
     if not args.input.is_file():
-        print(f"no such file: {args.input}", file=sys.stderr)
+        print(f"error: no such file: {args.input}", file=sys.stderr)
         return 2
     from ramo_stream.grading.factory import describe
 
-    labeler = _labeler(settings)
+    labeler = _labeler(settings, selector_without_adapter(args, settings))
     print(f"selector {labeler.settings.selector}: {labeler.calls_per_pair()} grader calls per pair;"
           f" {describe(labeler.grader)}", file=sys.stderr)  # fmt: skip
     r = _label(args.input, args.output, labeler, settings, args.limit)
@@ -143,6 +171,12 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
     from ramo_stream.signals import StopSignals
     from ramo_stream.stream.broker import kafka_session
 
+    if not args.attach:  # an attached bridge uses whatever the deployed app was built with
+        fallback = selector_without_adapter(args, settings)
+        if fallback is not None:
+            settings = settings.model_copy(
+                update={"labeling": settings.labeling.model_copy(update={"selector": fallback})}
+            )
     # SIGTERM and SIGINT alike: the bridge finishes its batch, commits, and stops.
     with StopSignals("labeler") as signals, kafka_session(settings) as bootstrap:
         stop = signals.stop
@@ -180,8 +214,11 @@ def cmd_labeler(args: argparse.Namespace, settings: Settings) -> int:
             handle = serve.run(build_app(app_args), name="labeler", route_prefix=None)
             _bridge_until_stopped(settings, bootstrap, handle, stop, args.idle_timeout)
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            from ramo_stream.ray_stop import quiet_ray_stop
+
+            with quiet_ray_stop():  # no "(raylet) ... killed by ray.kill" lines on a clean stop
+                serve.shutdown()
+                ray.shutdown()
     print("labeler stopped")
     return 0
 

@@ -83,8 +83,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             # Serve drains: replicas finish the requests they hold (up to its graceful
             # shutdown timeout) before they exit; then Ray stops its own processes.
-            serve.shutdown()
-            ray.shutdown()
+            from ramo_stream.ray_stop import quiet_ray_stop
+
+            with quiet_ray_stop():  # no "(raylet) ... killed by ray.kill" lines on a clean stop
+                serve.shutdown()
+                ray.shutdown()
     print("reward service stopped")
     return 0
 
@@ -101,7 +104,7 @@ def _is_reward_checkpoint(folder: Path) -> bool:
 
 
 def cmd_models_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from ramo_stream.local_models import resolve
+    from ramo_stream.local_models import model_id, resolve
     from ramo_stream.reward.registry import MANIFEST
 
     src = Path(resolve(args.path, settings.paths.models_dir)).expanduser()
@@ -133,8 +136,9 @@ def cmd_models_publish(args: argparse.Namespace, settings: Settings) -> int:
             tok.save_pretrained(stage)
 
         how = "a backbone: saved with a new, untrained reward head (rewards mean nothing yet)"
+    base = model_id(args.path, settings.paths.models_dir)  # portable: name@weights digest
     manifest = registry.publish(write, steps=0, samples_seen=0, offsets={},
-                                base_model=str(src.resolve()))  # fmt: skip
+                                base_model=base)  # fmt: skip
     print(f"published {src} as version {manifest.version} in {registry.root} ({how});"
           " CURRENT points at it")  # fmt: skip
     return 0

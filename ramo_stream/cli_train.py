@@ -17,7 +17,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from ramo_stream.train.driver import init_ray, run_trainer
 
     if args.from_file is not None and not args.from_file.is_file():
-        print(f"no such file: {args.from_file}", file=sys.stderr)
+        print(f"error: no such file: {args.from_file}", file=sys.stderr)
         return 2
     # SIGTERM and SIGINT alike: the workers drain, publish a final version and return.
     with StopSignals("trainer") as signals:
@@ -37,8 +37,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if manifest is None:
         print("no version published (no labeled pair was trained on)")
     else:
+        from ramo_stream.core.stats import describe_accuracy
+
+        acc = describe_accuracy(manifest.heldout_accuracy, manifest.heldout_size)
         print(f"current version: v{manifest.version} ({manifest.samples_seen} pairs, "
-              f"{manifest.steps} steps)")  # fmt: skip
+              f"{manifest.steps} steps); held-out accuracy {acc}")  # fmt: skip
     return 0
 
 
@@ -47,6 +50,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
+    from ramo_stream.core.stats import MIN_HELDOUT, accuracy_with_interval
     from ramo_stream.reward.registry import Registry
     from ramo_stream.train.driver import registry_root
 
@@ -58,15 +62,16 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     current = registry.current()
     print(f"registry {root}")
-    print(f"{'':2}{'version':>8} {'parent':>7} {'steps':>7} {'pairs':>8} {'held-out acc':>13} "
-          f"{'n':>5} {'loss':>7}  created (UTC)")  # fmt: skip
+    print(f"{'':2}{'version':>8} {'parent':>7} {'steps':>7} {'pairs':>8} {'loss':>7}  "
+          f"{'created (UTC)':19}  {'n':>5} held-out accuracy [95% interval]")  # fmt: skip
     for m in versions:
         mark = "* " if current and m.version == current.version else "  "
+        acc = accuracy_with_interval(m.heldout_accuracy, m.heldout_size)
         print(f"{mark}{m.version:>8} {m.parent_version or '-':>7} {m.steps:>7} "
-              f"{m.samples_seen:>8} {_fmt(m.heldout_accuracy):>13} {m.heldout_size:>5} "
-              f"{_fmt(m.metrics.get('loss_ema'), '.4f'):>7}  "
-              f"{m.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
-    print("* current (what the reward service serves)")
+              f"{m.samples_seen:>8} {_fmt(m.metrics.get('loss_ema'), '.4f'):>7}  "
+              f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.heldout_size:>5} {acc}")  # fmt: skip
+    print("* current (what the reward service serves); held-out accuracy is agreement with"
+          f" the labels on held-out pairs, shown from {MIN_HELDOUT} pairs on")  # fmt: skip
     return 0
 
 

@@ -7,12 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ramo_stream.cli_label import selector_without_adapter, user_keys
 from ramo_stream.config import Settings, load_settings
-
-
-def _user_keys(args: argparse.Namespace) -> set[str]:
-    """Settings given as flags (the parser stores them as ``set:<key>``)."""
-    return {k.split(":", 1)[1] for k in vars(args) if k.startswith("set:")}
 
 
 def _with_defaults(args: argparse.Namespace, settings: Settings, extra: dict[str, Any]) -> Settings:
@@ -22,13 +18,12 @@ def _with_defaults(args: argparse.Namespace, settings: Settings, extra: dict[str
 
     defaults = {key: default for key, _, default, _ in settings_fields()}
     current = flat_settings(settings)
-    keep = {k: v for k, v in current.items() if v != defaults.get(k) or k in _user_keys(args)}
+    keep = {k: v for k, v in current.items() if v != defaults.get(k) or k in user_keys(args)}
     apply = {k: v for k, v in extra.items() if k not in keep}
     return load_settings(args.config, {**keep, **apply})
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from ramo_stream.adapter.model import MANIFEST as ADAPTER_MANIFEST
     from ramo_stream.cli_serve import _port_free
     from ramo_stream.local_models import KNOWN, prepare
     from ramo_stream.up import DEMO_SETTINGS, UpOptions, demo_files, run_up
@@ -36,16 +31,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     extra: dict[str, Any] = {"train.worker_cpus": 1.0}  # leave the labeler and service CPUs
     if args.demo:
         extra.update(DEMO_SETTINGS)
-    no_adapter = not (settings.paths.adapter_dir / ADAPTER_MANIFEST).is_file()
-    if settings.labeling.selector == "adapter" and no_adapter:
-        if "labeling.selector" in _user_keys(args):
-            print(f"error: --selector adapter needs a Rule Adapter at {settings.paths.adapter_dir}"
-                  "; train one with `ramo adapter train`, or pick another selector",
-                  file=sys.stderr)  # fmt: skip
-            return 2
-        extra["labeling.selector"] = "random"
-        print(f"note: no Rule Adapter at {settings.paths.adapter_dir} yet (`ramo adapter train`"
-              " makes one); labeling with --selector random until then")  # fmt: skip
+    fallback = selector_without_adapter(args, settings)  # the rule `ramo label` follows
+    if fallback is not None:
+        extra["labeling.selector"] = fallback
     settings = _with_defaults(args, settings, extra)
     try:
         settings.serve.check_exposure()
@@ -74,6 +62,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         limit=args.limit,
         exit_when_idle_s=args.exit_when_idle,
         view_every_s=args.view_every,
+        heartbeat_s=args.heartbeat,
     )
     return run_up(settings, options)
 
@@ -98,6 +87,10 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    " and nothing moved for this long. Default: run until Ctrl-C.")  # fmt: skip
     p.add_argument("--view-every", type=float, default=2.0, metavar="SECONDS",
                    help="Redraw the live view this often (default 2).")  # fmt: skip
+    p.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
+                   help="Without a terminal (a log), the view is printed only when something"
+                   " changed, plus a one-line heartbeat after this long without a change"
+                   " (default 30).")  # fmt: skip
     p.set_defaults(fn=cmd_up)
 
 

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -105,6 +106,71 @@ class KafkaSettings(_Section):
     retry_backoff_s: float = Field(
         default=0.5, ge=0, description="First retry delay; doubles per retry."
     )
+    # Security: what a managed Kafka (MSK, Confluent Cloud, Strimzi, Aiven...) asks for. Every
+    # producer, consumer and admin client gets these from kafka_io.client_security().
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How clients talk to the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or"
+        " SASL_SSL (SASL authentication, over TLS for SASL_SSL).",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism (needed with SASL_PLAINTEXT and SASL_SSL)."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password; masked in `ramo config`. Prefer the variable"
+        " RAMO_KAFKA__SASL_PASSWORD (e.g. from a Kubernetes Secret) to a flag or file.",
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL)."
+        " Default: the system's trust store.",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate, for brokers that want mutual TLS."
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of ssl_certfile (if not inside it)."
+    )
+    ssl_check_hostname: bool = Field(
+        default=True, description="Check that the broker's certificate names its host."
+    )
+    connect_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a command waits for a configured Kafka to accept its first"
+        " connection (address, TLS and credentials) before failing with what to check.",
+    )
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username
+                     or self.sasl_password is None):  # fmt: skip
+            raise ValueError(
+                f"security_protocol={self.security_protocol} needs sasl_mechanism (PLAIN,"
+                " SCRAM-SHA-256 or SCRAM-SHA-512), sasl_username and sasl_password; set"
+                " RAMO_KAFKA__SASL_MECHANISM, RAMO_KAFKA__SASL_USERNAME and"
+                " RAMO_KAFKA__SASL_PASSWORD"
+            )
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError(
+                f"SASL settings are set but security_protocol={self.security_protocol} does not"
+                " authenticate; use SASL_SSL (or SASL_PLAINTEXT on a trusted network)"
+            )
+        files = {"ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile,
+                 "ssl_keyfile": self.ssl_keyfile}  # fmt: skip
+        given = [k for k, v in files.items() if v is not None]
+        if given and not tls:
+            raise ValueError(
+                f"{', '.join(given)} set but security_protocol={self.security_protocol} uses no"
+                " TLS; use SSL or SASL_SSL"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile is set without ssl_certfile; set both (mutual TLS)")
+        return self
 
 
 class TopicSettings(_Section):
@@ -167,8 +233,11 @@ class ModelSettings(_Section):
         description="Encoder of the Rule Adapter: a prepared name or any Hugging Face path.",
     )
     reward_backbone: str = Field(
-        default="smollm2-135m-instruct",
-        description="Backbone of the reward model: a prepared name or any Hugging Face path.",
+        default="all-minilm-l6-v2",
+        description="Backbone of the reward model: a prepared name or any Hugging Face path."
+        " Default: all-MiniLM-L6-v2, which on a CPU scored ~20x and trained ~4x faster than"
+        " SmolLM2-135M with no measurable difference in held-out accuracy on the same labels"
+        " (benchmarks/reward_backbone.py); on a GPU pick a larger model.",
     )
 
 
@@ -783,6 +852,16 @@ def settings_fields() -> list[tuple[str, str, Any, str]]:
 
 
 def flat_settings(settings: Settings) -> dict[str, Any]:
-    """Settings as dotted overrides: how a driver hands its exact settings to Ray workers."""
+    """Settings as dotted overrides: how a driver hands its exact settings to Ray workers.
+
+    Secrets (``SecretStr``, masked in every dump) are put back in clear: a worker needs the
+    real password. Never print this mapping."""
     data = settings.model_dump(mode="json")
-    return {f"{section}.{key}": v for section, keys in data.items() for key, v in keys.items()}
+    flat = {f"{section}.{key}": v for section, keys in data.items() for key, v in keys.items()}
+    for section in type(settings).model_fields:
+        part = getattr(settings, section)
+        for key in type(part).model_fields:
+            value = getattr(part, key)
+            if isinstance(value, SecretStr):
+                flat[f"{section}.{key}"] = value.get_secret_value()
+    return flat

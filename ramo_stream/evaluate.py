@@ -20,17 +20,20 @@ differ only for math-prm (counted as 984 rows, its 447 upweighted to match the c
 
 The aggregation and rendering functions are pure. Scoring a registry version (``load_local``,
 ``score_local``) imports torch and transformers when called; scoring through a running reward
-service (``score_remote``) takes a ``RewardClient``.
+service (``score_remote``) takes a factory of ``RewardClient``s and sizes its requests by
+time (``core/pacing.py``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ramo_stream.core.pacing import RequestSizer
 from ramo_stream.score_rows import load_object, read_parsed, row_from
 
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -321,19 +324,57 @@ def score_local(
 
 
 def score_remote(
-    client: Any,
+    client_for: Callable[[float, int], Any],
     examples: Sequence[Example],
     version: int,
     on_progress: Progress | None = None,
-    chunk: int = 256,
+    sizer: RequestSizer | None = None,
+    max_timeouts: int = 3,
 ) -> list[tuple[float, float]]:
-    """The same through a running reward service (``RewardClient``), every item pinned to
-    ``version`` so one version scores all of them."""
-    flat: list[float] = []
+    """The same through a running reward service, every item pinned to ``version`` so one
+    version scores all of them.
+
+    ``client_for(timeout_s, items)`` gives a ``RewardClient`` that sends ``items`` in one
+    request with that timeout and no retries of its own: requests are sized by ``sizer``
+    from the service's observed rate (``core/pacing.py``), and a request that timed out is
+    never sent again as it was. Its connection is closed, which Ray Serve takes as the
+    client going away and cancels it; the same items then go again in a smaller request
+    after a pause. 429/502/503/504 (overloaded, restarting) are waited out the same way.
+    After ``max_timeouts`` failures in a row, EvalError says what to try."""
+    from ramo_stream.client.errors import RETRY_STATUSES, RewardServiceError
+
+    sizer = sizer or RequestSizer()
     items = [(e.prompt, text) for e in examples for text in (e.chosen, e.rejected)]
-    for start in range(0, len(items), chunk):
-        part = items[start : start + chunk]
-        flat += client.score(part, model_version=version).rewards
+    flat: list[float] = []
+    failures = 0
+    while len(flat) < len(items):
+        part = items[len(flat) : len(flat) + sizer.next_size()]
+        timeout = sizer.timeout_s(len(part))
+        started = time.monotonic()
+        try:
+            with client_for(timeout, len(part)) as client:
+                rewards = client.score(part, model_version=version).rewards
+        except RewardServiceError as e:
+            if e.status is not None and e.status not in RETRY_STATUSES:
+                raise  # the request's fault (4xx) or the model's (500): no retry helps
+            failures += 1
+            if failures > max_timeouts:
+                raise RemoteEvalError(
+                    f"the reward service failed {failures} requests in a row, the last of"
+                    f" {len(part)} items with a {timeout:.0f} s limit ({e}). It may be"
+                    " overloaded: retry later, or evaluate the version locally (drop --url)"
+                ) from e
+            if e.status is None:  # a timeout or a dropped connection
+                sizer.timed_out(len(part), timeout)
+            time.sleep(min(30.0, 2.0**failures))
+            continue
+        failures = 0
+        sizer.observe(len(part), time.monotonic() - started)
+        flat += rewards
         if on_progress is not None:
             on_progress(len(part))
     return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+class RemoteEvalError(RuntimeError):
+    """Scoring through the service kept failing; the message says what to try."""

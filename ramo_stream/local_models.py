@@ -8,10 +8,13 @@ encoder. Any other name is treated as a Hugging Face model path and passed throu
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -128,3 +131,58 @@ def resolve(name_or_path: str, models_dir: Path) -> str:
             )
         return str(path)
     return name_or_path
+
+
+# Files that hold a checkpoint's weights, in the formats transformers and vLLM load.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_digest(folder: Path) -> str | None:
+    """First 12 hex digits of a sha256 over the folder's weight files (names and bytes, in
+    name order); None when it has none. Cached per file list, sizes and times."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        return None
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _digest(str(folder.resolve()), stamp)
+
+
+@lru_cache(maxsize=32)
+def _digest(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        h.update(name.encode() + b"\0")
+        with open(Path(folder) / name, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def model_id(name_or_path: str, models_dir: Path) -> str:
+    """A name for a model that means the same on every machine, for labels and manifests:
+    ``<name>@<weights digest>``, never a local path.
+
+    ``<name>`` is the prepared name (``smollm2-135m-instruct``), else the hub id the folder's
+    config.json records (``_name_or_path`` when it is not a path), else the folder's name. A
+    hub id that is not a local folder is returned as given (its weights are not here to
+    hash)."""
+    if name_or_path in KNOWN:
+        name, folder = name_or_path, prepared_path(name_or_path, models_dir)
+    else:
+        folder = Path(name_or_path).expanduser()
+        if not folder.is_dir():
+            return name_or_path
+        name = _hub_id(folder) or folder.resolve().name
+    digest = weights_digest(folder) if folder.is_dir() else None
+    return f"{name}@{digest}" if digest else name
+
+
+def _hub_id(folder: Path) -> str | None:
+    try:
+        recorded = json.loads((folder / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(recorded, str) or not recorded or recorded.startswith(("/", ".", "~")):
+        return None
+    parts = recorded.split("/")
+    return recorded if len(parts) == 2 and not Path(recorded).exists() else None

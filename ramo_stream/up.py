@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ramo_stream.config import Settings, flat_settings
+from ramo_stream.core.stats import describe_accuracy
 
 # What `--demo` changes unless a flag, variable or file sets it: 40 pairs are few, so
 # publish often and hold out more of them, or nothing would be seen to happen.
@@ -143,11 +144,7 @@ def render(snap: Snapshot, history: deque[Snapshot], selector: str, url: str) ->
         model = "no version yet (the first is published after train.publish_every_steps steps)"
         fresh = "-"
     else:
-        acc = (
-            f"{snap.heldout_accuracy:.3f} on {snap.heldout_size} held-out pairs"
-            if snap.heldout_accuracy is not None
-            else "no held-out pairs yet"
-        )
+        acc = describe_accuracy(snap.heldout_accuracy, snap.heldout_size)
         model = f"v{snap.version}, trained on {snap.trained} pairs, accuracy {acc}"
         age = (datetime.now(UTC) - snap.version_created).total_seconds()
         behind = max(0, snap.labels - snap.labels_read)
@@ -162,21 +159,61 @@ def render(snap: Snapshot, history: deque[Snapshot], selector: str, url: str) ->
     ]
 
 
+def change_key(snap: Snapshot, status: str) -> tuple[Any, ...]:
+    """What a log reader cares about: the pipeline's counts, the served version, the
+    status line. Rates and ages move on every draw, and scoring requests are outside
+    traffic that may never pause, so they are left to the heartbeat line."""
+    return (snap.pairs, snap.labels, snap.dead_letters, snap.version, snap.trained,
+            snap.heldout_size, status)  # fmt: skip
+
+
+class ChangeLog:
+    """The view without a terminal: a stamped block when ``change_key`` changed, else one
+    heartbeat line once nothing changed for ``heartbeat_s`` seconds."""
+
+    def __init__(self, out: TextIO, heartbeat_s: float = 30.0) -> None:
+        if heartbeat_s <= 0:
+            raise ValueError(f"heartbeat_s must be > 0 seconds, got {heartbeat_s}")
+        self.out, self.heartbeat_s = out, heartbeat_s
+        self._last_key: tuple[Any, ...] | None = None
+        self._last_print = 0.0  # Snapshot.at of the last line written
+
+    def write(self, snap: Snapshot, lines: list[str], status: str = "") -> None:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        key = change_key(snap, status)
+        if key != self._last_key:
+            self.out.write("\n".join(f"[{stamp}] {line}" for line in lines) + "\n")
+            self._last_key, self._last_print = key, snap.at
+        elif snap.at - self._last_print >= self.heartbeat_s:
+            since = snap.at - self._last_print
+            self.out.write(f"[{stamp}] no change for {since:.0f} s: {lines[0].strip()}\n")
+            self._last_print = snap.at
+
+
 class LiveView:
-    """Samples the topics, the registry and the reward service; draws the view."""
+    """Samples the topics, the registry and the reward service; draws the view.
 
-    def __init__(self, settings: Settings, bootstrap: str, url: str, out: TextIO) -> None:
-        from kafka import KafkaConsumer
+    On a terminal the view is redrawn in place at every draw. Otherwise (a log file, a
+    pipe, a CI job) a block is printed only when something in ``change_key`` changed, and
+    a one-line heartbeat when nothing did for ``heartbeat_s`` seconds, so the log shows
+    the loop is alive without repeating the same five lines every two seconds.
+    """
 
+    def __init__(self, settings: Settings, bootstrap: str, url: str, out: TextIO,
+                 heartbeat_s: float = 30.0) -> None:  # fmt: skip
         from ramo_stream.reward.registry import Registry
+        from ramo_stream.stream.kafka_io import make_consumer
         from ramo_stream.train.driver import registry_root
 
         self.settings, self.url, self.out = settings, url, out
         self.registry = Registry(registry_root(settings))
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="ramo-up-view",
-                                      enable_auto_commit=False)  # fmt: skip
+        # No group, no commits: it only reads high watermarks. make_consumer carries the
+        # kafka.* security settings, as every client of the project does.
+        self.consumer = make_consumer(bootstrap, settings.kafka, None,
+                                      client_id=f"{settings.kafka.client_id}-up-view")  # fmt: skip
         self.history: deque[Snapshot] = deque(maxlen=10)
         self.tty = out.isatty()
+        self.log = ChangeLog(out, heartbeat_s)
         self._drawn = 0
         token = settings.serve.api_token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -243,9 +280,8 @@ class LiveView:
                 self.out.write(f"\x1b[{self._drawn}F\x1b[J")
             self.out.write("\n".join(lines) + "\n")
             self._drawn = len(lines)
-        else:  # a log: one block per draw, stamped
-            stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            self.out.write("\n".join(f"[{stamp}] {line}" for line in lines) + "\n")
+        else:
+            self.log.write(snap, lines, status)
         self.out.flush()
         return snap
 
@@ -281,10 +317,15 @@ def ray_session(settings: Settings) -> Iterator[None]:
         # the trainer's placement-group cleaner needs the dashboard's state API (loopback)
         ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  logging_level="WARNING", log_to_driver=False)  # fmt: skip
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    from ramo_stream.ray_stop import quiet_ray_stop
+
+    # Ray's error listener prints asynchronously, from serve.shutdown() until ray.shutdown()
+    # returns, so the filter spans the whole session (it drops only those exact lines).
+    with quiet_ray_stop():
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def ray_log_dir() -> str:
@@ -317,6 +358,7 @@ class UpOptions:
     limit: int | None = None  # lines per file
     exit_when_idle_s: float | None = None  # stop when nothing moved for this long
     view_every_s: float = 2.0
+    heartbeat_s: float = 30.0  # no terminal: a line after this long without a change
 
 
 def _ingest(settings: Settings, bootstrap: str, files: tuple[Path, ...], limit: int | None,
@@ -416,7 +458,7 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
                 ingest.start(lambda ev, fin: _ingest(settings, bootstrap, options.files,
                                                      options.limit, ev, fin))  # fmt: skip
             parts = [ingest, bridge, trainer]
-            view = LiveView(settings, bootstrap, url, out)
+            view = LiveView(settings, bootstrap, url, out, options.heartbeat_s)
             try:
                 failed = _watch(view, settings, options, stop, out, parts)
                 ingest.halt(30)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ramo_stream.config import ModelSettings, Settings
 from ramo_stream.grading.base import Grader
-from ramo_stream.local_models import resolve
+from ramo_stream.local_models import model_id, resolve
 
 
 class NoTrainedGrader(RuntimeError):
@@ -53,18 +53,29 @@ def make_grader(settings: Settings) -> Grader:
         base = resolve(settings.models.encoder, settings.paths.models_dir)
         return ClassifierGrader(artifact, base, pool.hash, batch=g.classifier_batch)
     model = resolve(settings.models.grader, settings.paths.models_dir)
+    grader: Grader
     if backend == "transformers":
         from ramo_stream.grading.transformers_backend import TransformersGrader
 
-        return TransformersGrader(
+        grader = TransformersGrader(
             model, dtype=g.dtype, rule_batch=g.rule_batch, max_prompt_tokens=g.max_prompt_tokens
         )
-    if backend == "vllm":
+    elif backend == "vllm":
         # The backend imports vllm in its constructor and says what to install if missing.
         from ramo_stream.grading.vllm_backend import VLLMGrader
 
-        return VLLMGrader(model, dtype=g.dtype, max_prompt_tokens=g.max_prompt_tokens)
-    if backend == "openai":
+        grader = VLLMGrader(model, dtype=g.dtype, max_prompt_tokens=g.max_prompt_tokens)
+    else:
+        grader = _openai(settings, model)
+    if backend in ("transformers", "vllm"):
+        # Every label records this: a portable id (name@weights digest), not the local path.
+        grader.name = model_id(settings.models.grader, settings.paths.models_dir)
+    return grader
+
+
+def _openai(settings: Settings, model: str) -> Grader:
+    g = settings.grader
+    if g.backend == "openai":
         from ramo_stream.grading.openai_backend import OpenAIGrader
 
         # The tokenizer is loaded from `model` here; the server runs the model itself.
@@ -78,7 +89,7 @@ def make_grader(settings: Settings) -> Grader:
             batch=g.openai_batch,
             max_prompt_tokens=g.max_prompt_tokens,
         )
-    raise ValueError(f"unknown grader.backend {g.backend!r}")
+    raise ValueError(f"unknown grader.backend {g.backend!r}")  # pragma: no cover
 
 
 def describe(grader: Grader) -> str:

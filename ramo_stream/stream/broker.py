@@ -18,11 +18,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from ramo_stream.config import Settings, TopicSettings
+from ramo_stream.config import KafkaSettings, Settings, TopicSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +64,12 @@ def free_port() -> int:
 
 
 def _answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True when a Kafka metadata request succeeds (not just an open TCP port)."""
+    """True when a Kafka metadata request succeeds (not just an open TCP port). For the
+    embedded broker, which speaks PLAINTEXT only."""
+    from ramo_stream.stream.kafka_io import make_admin
+
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
-        )
+        admin = make_admin(bootstrap, KafkaSettings(), request_timeout_ms=int(timeout_s * 1000))
     except KafkaError:
         return False
     try:
@@ -179,12 +179,43 @@ class EmbeddedBroker:
         self.stop()
 
 
-def ensure_topics(bootstrap: str, topics: TopicSettings, names: list[str] | None = None) -> None:
-    """Create the topics that do not exist yet (idempotent; safe for concurrent callers)."""
+def unreachable(bootstrap: str, kafka: KafkaSettings, error: BaseException) -> BrokerError:
+    """Why a configured Kafka refused or ignored us, with what to check."""
+    how = f"security_protocol={kafka.security_protocol}"
+    if kafka.security_protocol.startswith("SASL_"):
+        how += f", sasl_mechanism={kafka.sasl_mechanism}, user {kafka.sasl_username!r}"
+    return BrokerError(
+        f"cannot use Kafka at {bootstrap} ({how}) within {kafka.connect_timeout_s:g} s:"
+        f" {type(error).__name__}: {error}. Check the address (kafka.bootstrap_servers), that"
+        " security_protocol matches the listener's, the SASL mechanism, user name and"
+        " password (RAMO_KAFKA__SASL_PASSWORD), and for TLS kafka.ssl_cafile and the client"
+        " certificate; kafka.connect_timeout_s sets the wait"
+    )
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: TopicSettings,
+    names: list[str] | None = None,
+    kafka: KafkaSettings | None = None,
+) -> None:
+    """Create the topics that do not exist yet (idempotent; safe for concurrent callers).
+
+    It is also every command's first contact with Kafka, so wrong credentials, TLS files or
+    an address that does not answer fail here within ``kafka.connect_timeout_s``, with a
+    BrokerError that says what to check, rather than as a client retrying for minutes."""
+    from ramo_stream.stream.kafka_io import make_admin
+
+    kafka = kafka or KafkaSettings()
     names = names or [topics.pairs, topics.labels, topics.dlq]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    wait_ms = int(kafka.connect_timeout_s * 1000)
     try:
+        admin = make_admin(bootstrap, kafka, bootstrap_timeout_ms=wait_ms,
+                           request_timeout_ms=wait_ms)  # fmt: skip
         existing = set(admin.list_topics())
+    except KafkaError as e:
+        raise unreachable(bootstrap, kafka, e) from e
+    try:
         missing = [n for n in names if n not in existing]
         for name in missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently
@@ -227,10 +258,20 @@ def kafka_session(settings: Settings, announce: bool = False) -> Iterator[str]:
     ``announce``: a broker started here is written to the state file, as `ramo broker`'s
     is, so other `ramo` commands on this machine use it while this one runs.
     """
-    configured = settings.kafka.bootstrap_servers or running_broker(settings)
-    if configured:
-        ensure_topics(configured, settings.topics)
-        yield configured
+    if settings.kafka.bootstrap_servers:
+        ensure_topics(settings.kafka.bootstrap_servers, settings.topics, kafka=settings.kafka)
+        yield settings.kafka.bootstrap_servers
+        return
+    if settings.kafka.security_protocol != "PLAINTEXT":
+        raise BrokerError(
+            f"kafka.security_protocol={settings.kafka.security_protocol} is set but"
+            " kafka.bootstrap_servers is not: the embedded broker speaks PLAINTEXT only. Set"
+            " RAMO_KAFKA__BOOTSTRAP_SERVERS to your cluster, or unset the security settings"
+        )
+    running = running_broker(settings)
+    if running:
+        ensure_topics(running, settings.topics)
+        yield running
         return
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker(

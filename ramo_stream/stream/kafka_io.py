@@ -1,11 +1,15 @@
-"""kafka-python clients with the settings this project relies on, and an acknowledged sink."""
+"""kafka-python clients with the settings this project relies on, and an acknowledged sink.
+
+Every producer, consumer and admin client of the project is built here (``make_producer``,
+``make_consumer``, ``make_admin``), so each gets the ``kafka.*`` security settings (TLS,
+SASL) from ``client_security``, the one place that maps them to kafka-python's options."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
 from ramo_stream.config import KafkaSettings
@@ -15,9 +19,41 @@ from ramo_stream.stream.serde import encode
 SEND_TIMEOUT_S = 30.0
 
 
+def client_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """kafka-python options for ``kafka.security_protocol``, SASL and TLS (empty options are
+    left out, so a PLAINTEXT client is configured exactly as before)."""
+    opts: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol.startswith("SASL_"):
+        assert kafka.sasl_password is not None  # KafkaSettings refuses SASL without one
+        opts |= {
+            "sasl_mechanism": kafka.sasl_mechanism,
+            "sasl_plain_username": kafka.sasl_username,
+            "sasl_plain_password": kafka.sasl_password.get_secret_value(),
+        }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_check_hostname"] = kafka.ssl_check_hostname
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(kafka, key)
+            if path is not None:
+                opts[key] = str(path)
+    return opts
+
+
+def make_admin(bootstrap: str, kafka: KafkaSettings, **overrides: Any) -> KafkaAdminClient:
+    """An admin client (topic creation, checks) with the security settings."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": f"{kafka.client_id}-admin",
+        **client_security(kafka),
+    }
+    opts.update(overrides)
+    return KafkaAdminClient(**opts)
+
+
 def make_producer(bootstrap: str, kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
     """acks=all: a send counts as written only once every in-sync replica has it."""
     opts: dict[str, Any] = {
+        **client_security(kafka),
         "bootstrap_servers": bootstrap,
         "client_id": f"{kafka.client_id}-producer",
         "acks": "all",
@@ -34,6 +70,7 @@ def make_consumer(
 ) -> KafkaConsumer:
     """Manual commits only: offsets move when the downstream write is acknowledged."""
     opts: dict[str, Any] = {
+        **client_security(kafka),
         "bootstrap_servers": bootstrap,
         "client_id": f"{kafka.client_id}-consumer",
         "group_id": group_id,
@@ -79,11 +116,13 @@ class TopicWriter:
         return len(pending)
 
 
-def read_topic(bootstrap: str, topic: str, polls: int = 120) -> list[Any]:
+def read_topic(
+    bootstrap: str, topic: str, polls: int = 120, kafka: KafkaSettings | None = None
+) -> list[Any]:
     """Every record of ``topic`` (ConsumerRecords: value, partition, offset, timestamp),
     read without a group up to the fetch high watermarks (tansu's end_offsets() stops
     short of the last batch). For tests, benchmarks and tools, not the data path."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    c = make_consumer(bootstrap, kafka or KafkaSettings(), None)
     tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
     c.assign(tps)
     c.seek_to_beginning(*tps)

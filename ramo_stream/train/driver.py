@@ -115,7 +115,7 @@ def run_trainer(
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ramo_stream.local_models import resolve
+    from ramo_stream.local_models import model_id, resolve
     from ramo_stream.reward.registry import Registry
     from ramo_stream.train.loop import train_worker
 
@@ -136,6 +136,8 @@ def run_trainer(
         "settings": flat_settings(settings),
         "registry": registry_root(settings),
         "backbone": resolve(settings.models.reward_backbone, settings.paths.models_dir),
+        # What manifests record as base_model: portable, never this machine's path.
+        "backbone_id": model_id(settings.models.reward_backbone, settings.paths.models_dir),
         "bootstrap": bootstrap,
         "from_file": str(from_file.resolve()) if from_file else None,
         "stop": stop,

@@ -119,7 +119,9 @@ class Worker:
         )
         self.start = self.registry.current()
         init_path = self.registry.current_dir() if self.start else config["backbone"]
-        self.base_model = self.start.base_model if self.start else config["backbone"]
+        self.base_model = (
+            self.start.base_model if self.start else config.get("backbone_id", config["backbone"])
+        )
         model, self.tok = load_reward_model(init_path)
         self.model = rtt.prepare_model(model)  # moves to the device; DDP when world > 1
         self.opt = torch.optim.AdamW(

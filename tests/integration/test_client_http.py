@@ -182,3 +182,41 @@ def test_ramo_score_prints_rewards_and_accuracy(
     assert "accuracy (chosen reward > rejected reward): " in out
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3] and finite([records[2]["reward"]])
+
+
+def test_readme_eval_command_against_the_service_exits_0(
+    service: tuple[str, int], tmp_path: Path
+) -> None:
+    """The README's `ramo eval --data ...hh_harmless_test.jsonl --limit N --url` against the
+    running service (the real CLI in a subprocess): requests sized by a time budget from the
+    first replies, so the progress bar moves several times and the command ends with its
+    table. A short budget (0.5 s) makes several requests of 40 items on any machine."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import shared_file
+
+    url, version = service
+    data = shared_file("hh_harmless_test.jsonl")
+    env = {**os.environ, "RAMO_PATHS__CACHE_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "ramo_stream.cli", "eval", "--data", str(data), "--limit",
+           "20", "--url", url, "--request-seconds", "0.5"]  # fmt: skip
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as running:  # fmt: skip
+        try:
+            out, err = running.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            running.kill()
+            out, err = running.communicate()
+            pytest.fail(f"ramo eval --url did not end in 240 s; stderr: {err[-3000:]}")
+    proc = subprocess.CompletedProcess(cmd, running.returncode, out, err)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| **accuracy** (all examples) | 20 |" in proc.stdout, proc.stdout
+    assert f"v{version} @ {url}" in proc.stderr
+    # each tqdm update is a line (\r on a terminal, \n here): one per request, 2 items first
+    import re
+
+    updates = {m.split("|")[2][:7] for m in re.split(r"[\r\n]", proc.stderr) if "/40 [" in m}
+    assert len(updates) >= 3, proc.stderr[-1000:]
+    assert "Traceback" not in proc.stderr

