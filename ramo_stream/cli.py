@@ -307,6 +307,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             max_in_flight=settings.kafka.max_in_flight,
             dedup_window=settings.kafka.dedup_window,
             retries=settings.kafka.handler_retries, backoff_s=settings.kafka.retry_backoff_s,
+            dlq_original_bytes=settings.topics.dlq_original_bytes,
+            spill_dir=settings.paths.dead_letters_dir,
         )  # fmt: skip
         print(f"gate: consuming {settings.topics.pairs} as group ramo-gate")
         try:

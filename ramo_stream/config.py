@@ -76,6 +76,14 @@ class TopicSettings(_Section):
     pairs: str = Field(default="ramo.pairs", description="Incoming response pairs.")
     labels: str = Field(default="ramo.labels", description="Labeled pairs.")
     dlq: str = Field(default="ramo.dlq", description="Dead letters: reason + original bytes.")
+    dlq_original_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        le=600_000,
+        description="Original bytes a dead letter carries at most (base64 adds 1/3, so the"
+        " letter fits Kafka's default 1 MiB message limit); a longer record is cut and kept"
+        " whole in cache_dir/dead-letters/<sha256>.bin, which the letter names.",
+    )
     partitions: int = Field(default=4, ge=1, description="Partitions of topics created on start.")
     replication_factor: int = Field(default=1, ge=1, description="Replicas of created topics.")
 
@@ -112,6 +120,10 @@ class PathSettings(_Section):
     @property
     def registry_dir(self) -> Path:
         return self.cache_dir / "registry"
+
+    @property
+    def dead_letters_dir(self) -> Path:
+        return self.cache_dir / "dead-letters"
 
 
 class ModelSettings(_Section):
