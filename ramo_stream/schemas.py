@@ -141,12 +141,17 @@ class ResponsePair(_Record):
     def content_digest(self) -> str:
         """SHA-256 (16 hex digits) of what a label is about: prompt and both responses.
 
-        Two records with one pair_id and different digests are a conflict, not a duplicate."""
-        prompt: Any = self.prompt
-        if isinstance(prompt, list):
-            prompt = [m.model_dump() for m in prompt]
-        canonical = json.dumps([prompt, self.response_a, self.response_b], sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        Two records with one pair_id and different digests are a conflict, not a duplicate.
+        Each part is length-prefixed, so no shift of text between fields collides."""
+        prompt = self.prompt
+        if not isinstance(prompt, str):
+            prompt = json.dumps([m.model_dump() for m in prompt], sort_keys=True)
+        h = hashlib.sha256()
+        for part in (prompt, self.response_a, self.response_b):
+            data = part.encode()
+            h.update(len(data).to_bytes(8, "big"))
+            h.update(data)
+        return h.hexdigest()[:16]
 
     def prompt_text(self) -> str:
         """The prompt flattened to text (for encoders and logs)."""
