@@ -402,6 +402,9 @@ class Worker:
                 self.c.steps += 1
                 self.c.samples_seen += int(new)
                 self.c.run_samples += int(new)
+                # Nor is stepping: a step slower than idle_stop_s (a starved CPU) must not
+                # stop the trainer with labels still waiting on the topic.
+                last_record = time.monotonic()
             if draining and pending == 0:
                 if self.c.steps > steps_at_publish:
                     self.publish()
