@@ -60,11 +60,13 @@ def generated_labels(n: int, seed: int) -> list[LabeledPair]:
     return out
 
 
-def produce(broker: str, topic: str, values: list[bytes]) -> None:
+def produce(broker: str, topic: str, values: list[bytes], keyed: bool = False) -> None:
+    """``keyed``: by pair_id, as the labeler writes labels (one pair_id, one partition)."""
     producer = make_producer(broker, KafkaSettings())
     writer = TopicWriter(producer)
     for v in values:
-        writer.send_bytes(topic, v)
+        key = LabeledPair.model_validate_json(v).pair_id.encode() if keyed else None
+        writer.send_bytes(topic, v, key)
     writer.flush()
     producer.close()
 
@@ -172,7 +174,8 @@ def test_sigkill_then_resume_skips_nothing(
     # Two workers: positions of both are gathered into each manifest and restored after.
     settings = train_settings(publish_every_steps=2, heldout_every=1_000_000, workers=2)
     labels = generated_labels(160, seed=3)
-    produce(broker, settings.topics.labels, [lp.model_dump_json().encode() for lp in labels])
+    produce(broker, settings.topics.labels, [lp.model_dump_json().encode() for lp in labels],
+            keyed=True)  # fmt: skip
     config = tmp_path / "settings.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     cmd = [sys.executable, "-m", "ramo_stream.cli", "train", "--config", str(config)]
@@ -189,8 +192,10 @@ def test_sigkill_then_resume_skips_nothing(
     at_kill = registry.current()
     assert at_kill is not None and at_kill.samples_seen < len(labels)
     # Every pair labeled again: those the version at the kill trained on are dropped by the
-    # ids saved in it, the rest by the resumed run's own memory.
-    produce(broker, settings.topics.labels, [lp.model_dump_json().encode() for lp in labels])
+    # ids saved in it, the rest by the resumed run's own memory (keyed by pair_id, as the
+    # labeler writes them, a label and its repeat reach the same partition and worker).
+    produce(broker, settings.topics.labels, [lp.model_dump_json().encode() for lp in labels],
+            keyed=True)  # fmt: skip
 
     done = subprocess.run([*cmd, "--train-idle-stop-s", "4"], capture_output=True, text=True,
                           timeout=400)  # fmt: skip
