@@ -133,6 +133,7 @@ class Worker:
         self.trained = SeenIds(self.settings.kafka.dedup_window)
         self.lineage_ids = SeenIds(self.settings.kafka.dedup_window)  # rank 0's, all workers
         self.new_ids: list[str] = []  # absorbed since the last publish
+        self.unpublished_reads = 0  # records read since the last publish
         if self.start:
             self.c.steps, self.c.samples_seen = self.start.steps, self.start.samples_seen
             # A version published from a checkpoint (`ramo models publish`) has no optimizer
@@ -189,6 +190,7 @@ class Worker:
         return _Item(pair, chosen, rejected), tokens
 
     def absorb(self, records: list[Record]) -> None:
+        self.unpublished_reads += len(records)
         for rec in records:
             label = parse_label(rec.value)
             if isinstance(label, Rejection):
@@ -343,6 +345,7 @@ class Worker:
             print(f"published v{manifest.version}: step {self.c.steps}, "
                   f"{self.c.samples_seen} pairs, held-out accuracy {acc}", flush=True)  # fmt: skip
         self.source.commit(positions)
+        self.unpublished_reads = 0
         return manifest
 
     # -- the loop ----------------------------------------------------------------------
@@ -394,9 +397,10 @@ class Worker:
             force = draining or self.batcher.oldest_age() >= t.flush_s
             batch = self.batcher.take(force=force)
             replayed = self.replay_sample(len(batch))
-            new, items, pending = self.coll.sum(
-                [float(len(batch)), float(len(batch) + len(replayed)), float(len(self.batcher))]
-            )
+            new, items, pending, reads = self.coll.sum(
+                [float(len(batch)), float(len(batch) + len(replayed)), float(len(self.batcher)),
+                 float(self.unpublished_reads)]
+            )  # fmt: skip
             if items > 0:
                 self.step(batch, replayed, items)
                 self.c.steps += 1
@@ -406,7 +410,9 @@ class Worker:
                 # stop the trainer with labels still waiting on the topic.
                 last_record = time.monotonic()
             if draining and pending == 0:
-                if self.c.steps > steps_at_publish:
+                # A final version also for reads that trained nothing (duplicates, ties,
+                # dead letters), so a restart does not read them again.
+                if self.c.steps > steps_at_publish or (stopping and reads > 0):
                     self.publish()
                     steps_at_publish = self.c.steps
                     # The cadence counts from when the publish was due, not from when the
