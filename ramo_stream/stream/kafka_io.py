@@ -6,15 +6,20 @@ SASL) from ``client_security``, the one place that maps them to kafka-python's o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from ramo_stream.config import KafkaSettings
 from ramo_stream.schemas import DeadLetter
 from ramo_stream.stream.serde import encode
+
+log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 30.0
 
@@ -89,14 +94,22 @@ class TopicWriter:
 
     Callers send a batch, then flush: when flush returns, every record of the batch is
     acknowledged by the broker (or flush raised, and the caller must not commit).
+    With a ``factory``, ``rebuild()`` replaces a producer that a broker loss left unusable
+    (an unknown or fenced producer id is fatal to kafka-python's idempotent producer).
     """
 
-    def __init__(self, producer: KafkaProducer) -> None:
+    def __init__(
+        self, producer: KafkaProducer, factory: Callable[[], KafkaProducer] | None = None
+    ) -> None:
         self.producer = producer
-        self._pending: list[FutureRecordMetadata] = []
+        self.factory = factory
+        self._pending: list[tuple[str, bytes | None, FutureRecordMetadata]] = []
+        self._last_acked = 0
+        self.on_ack: Callable[[str, bytes | None], None] | None = None
+        """Called with (topic, key) for each send that ``flush`` finds acknowledged."""
 
     def send_bytes(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        self._pending.append(self.producer.send(topic, value=value, key=key))
+        self._pending.append((topic, key, self.producer.send(topic, value=value, key=key)))
 
     def send(self, topic: str, record: Any, key: str | None = None) -> None:
         self.send_bytes(topic, encode(record), key.encode() if key is not None else None)
@@ -106,14 +119,48 @@ class TopicWriter:
             self.send(topic, letter)
 
     def flush(self, timeout_s: float = SEND_TIMEOUT_S) -> int:
-        """Block until every pending send is acknowledged; return how many were."""
+        """Block until every pending send is acknowledged; return how many were.
+
+        Raises the broker's first error, if any, after looking at every send (so
+        ``on_ack`` hears of each one that did get through)."""
+        failures = self.flush_each(timeout_s)
+        if failures:
+            raise failures[0][1]
+        return self._last_acked
+
+    def flush_each(self, timeout_s: float = SEND_TIMEOUT_S) -> list[tuple[int, Exception]]:
+        """Like ``flush``, but returns (index in the batch, error) of each failed send."""
         pending, self._pending = self._pending, []
+        self._last_acked = 0
         if not pending:
-            return 0
-        self.producer.flush(timeout=timeout_s)
-        for future in pending:
-            future.get(timeout=timeout_s)  # raises the broker's error, if any
-        return len(pending)
+            return []
+        with contextlib.suppress(KafkaError):  # each future says what happened to its record
+            self.producer.flush(timeout=timeout_s)
+        failures: list[tuple[int, Exception]] = []
+        for i, (topic, key, future) in enumerate(pending):
+            try:
+                future.get(timeout=timeout_s if not failures else 0.001)
+            except Exception as e:  # noqa: BLE001 - reported to the caller per record
+                failures.append((i, e))
+                continue
+            self._last_acked += 1
+            if self.on_ack is not None:
+                self.on_ack(topic, key)
+        return failures
+
+    def rebuild(self) -> None:
+        """Drop unsent records and the producer; make a fresh producer (needs ``factory``)."""
+        if self.factory is None:
+            raise RuntimeError("this TopicWriter has no producer factory to rebuild from")
+        self._pending = []
+        old, self.producer = self.producer, self.factory()
+        try:
+            old.close(timeout=0)
+        except Exception as e:  # noqa: BLE001 - a broken producer may fail to close
+            log.debug("closing a broken producer: %r", e)
+
+    def close(self) -> None:
+        self.producer.close(timeout=5)
 
 
 def read_topic(

@@ -31,6 +31,7 @@ from ramo_stream.config import Settings
 from ramo_stream.core.loss import bradley_terry_loss
 from ramo_stream.reward.model import encode, format_text, load_reward_model, rewards
 from ramo_stream.schemas import DeadLetter, LabeledPair
+from ramo_stream.stream.dedup import SeenIds
 from ramo_stream.stream.serde import Rejection
 from ramo_stream.train.data import MicroBatcher, TrainPair, is_heldout, parse_label, to_train_pair
 from ramo_stream.train.sources import LabelSource, Positions, Record
@@ -52,6 +53,7 @@ class _Counters:
     samples_seen: int = 0
     ties: int = 0
     dead_letters: int = 0
+    duplicates: int = 0  # labels of a pair_id this lineage already trained on
     loss_ema: float | None = None
     acc_ema: float | None = None
     run_samples: int = 0  # trained by this run (since the process started)
@@ -128,6 +130,12 @@ class Worker:
             self.model.parameters(), lr=self.t.lr, weight_decay=self.t.weight_decay
         )
         self.c = _Counters()
+        # pair_ids this lineage has trained on (or held out): a second label for one, from
+        # a relabel or a pair sent twice, is dropped. Saved with each version.
+        self.trained = SeenIds(self.settings.kafka.dedup_window)
+        self.lineage_ids = SeenIds(self.settings.kafka.dedup_window)  # rank 0's, all workers
+        self.new_ids: list[str] = []  # absorbed since the last publish
+        self.unpublished_reads = 0  # records read since the last publish
         if self.start:
             self.c.steps, self.c.samples_seen = self.start.steps, self.start.samples_seen
             # A version published from a checkpoint (`ramo models publish`) has no optimizer
@@ -135,6 +143,9 @@ class Worker:
             if (Path(init_path) / TRAINER_STATE).is_file():
                 state = torch.load(Path(init_path) / TRAINER_STATE, map_location=self.device)
                 self.opt.load_state_dict(state["optimizer"])
+                for pair_id in state.get("trained_ids", []):
+                    self.trained.add(pair_id)
+                    self.lineage_ids.add(pair_id)
                 for group in self.opt.param_groups:  # the settings win over the saved ones
                     group.update(lr=self.t.lr, weight_decay=self.t.weight_decay)
         self.coll = _Collective(self.world)
@@ -185,6 +196,7 @@ class Worker:
         return _Item(pair, chosen, rejected), tokens
 
     def absorb(self, records: list[Record]) -> None:
+        self.unpublished_reads += len(records)
         for rec in records:
             label = parse_label(rec.value)
             if isinstance(label, Rejection):
@@ -195,6 +207,11 @@ class Worker:
             if pair is None:
                 self.c.ties += 1
                 continue
+            if pair.pair_id in self.trained:
+                self.c.duplicates += 1
+                continue
+            self.trained.add(pair.pair_id)
+            self.new_ids.append(pair.pair_id)
             item, tokens = self._item(pair)
             if is_heldout(pair.pair_id, self.t.heldout_every):
                 self.heldout.append(item)
@@ -285,7 +302,14 @@ class Worker:
             for src, offs in part.items():
                 positions.setdefault(src, {}).update(offs)
         hits, total = (int(x) for x in self.coll.sum(list(map(float, self.heldout_hits()))))
-        counts = self.coll.sum([float(self.c.ties), float(self.c.dead_letters)])
+        counts = self.coll.sum(
+            [float(self.c.ties), float(self.c.dead_letters), float(self.c.duplicates)]
+        )
+        # Every worker's new ids go into the version, so any worker of a restart drops them.
+        for ids in self.coll.gather(self.new_ids):
+            for pair_id in ids if self.rank == 0 else ():
+                self.lineage_ids.add(pair_id)
+        self.new_ids = []
         manifest = None
         if self.rank == 0:
             module = getattr(self.model, "module", self.model)
@@ -293,7 +317,10 @@ class Worker:
             def write(folder: Path) -> None:
                 module.save_pretrained(folder)
                 self.tok.save_pretrained(folder)
-                torch.save({"optimizer": self.opt.state_dict()}, folder / TRAINER_STATE)
+                torch.save(
+                    {"optimizer": self.opt.state_dict(), "trained_ids": list(self.lineage_ids)},
+                    folder / TRAINER_STATE,
+                )
 
             # Throughput of this run's training: first step's start to last step's end.
             busy = self.c.last_step_at - (self.c.first_step_at or self.c.last_step_at)
@@ -305,6 +332,7 @@ class Worker:
                 "samples_per_s": self.c.run_samples / busy if busy > 0 else 0.0,
                 "ties_skipped": counts[0],
                 "dead_letters": counts[1],
+                "duplicates_skipped": counts[2],
                 "lr": self.t.lr,
             }
             manifest = self.registry.publish(
@@ -323,6 +351,7 @@ class Worker:
             print(f"published v{manifest.version}: step {self.c.steps}, "
                   f"{self.c.samples_seen} pairs, held-out accuracy {acc}", flush=True)  # fmt: skip
         self.source.commit(positions)
+        self.unpublished_reads = 0
         return manifest
 
     # -- the loop ----------------------------------------------------------------------
@@ -380,16 +409,22 @@ class Worker:
             force = draining or self.batcher.oldest_age() >= t.flush_s
             batch = self.batcher.take(force=force)
             replayed = self.replay_sample(len(batch))
-            new, items, pending = self.coll.sum(
-                [float(len(batch)), float(len(batch) + len(replayed)), float(len(self.batcher))]
-            )
+            new, items, pending, reads = self.coll.sum(
+                [float(len(batch)), float(len(batch) + len(replayed)), float(len(self.batcher)),
+                 float(self.unpublished_reads)]
+            )  # fmt: skip
             if items > 0:
                 self.step(batch, replayed, items)
                 self.c.steps += 1
                 self.c.samples_seen += int(new)
                 self.c.run_samples += int(new)
+                # Nor is stepping: a step slower than idle_stop_s (a starved CPU) must not
+                # stop the trainer with labels still waiting on the topic.
+                last_record = time.monotonic()
             if draining and pending == 0:
-                if self.c.steps > steps_at_publish:
+                # A final version also for reads that trained nothing (duplicates, ties,
+                # dead letters), so a restart does not read them again.
+                if self.c.steps > steps_at_publish or (stopping and reads > 0):
                     self.publish()
                     steps_at_publish = self.c.steps
                     # The cadence counts from when the publish was due, not from when the
@@ -404,7 +439,8 @@ class Worker:
                 loss = f"{self.c.loss_ema:.4f}" if self.c.loss_ema is not None else "-"
                 print(f"step {self.c.steps}: {self.c.samples_seen} pairs trained, "
                       f"loss(ema) {loss}, ties {self.c.ties}, "
-                      f"dead letters {self.c.dead_letters}", flush=True)  # fmt: skip
+                      f"dead letters {self.c.dead_letters}, "
+                      f"duplicates {self.c.duplicates}", flush=True)  # fmt: skip
         self.source.close()
 
 

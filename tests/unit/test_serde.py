@@ -152,3 +152,58 @@ def test_at_size_limit_is_not_rejected_for_size() -> None:
     assert isinstance(out, Rejection)
     assert not out.reason.startswith("message is")
     assert "metadata" in out.reason
+
+
+# --- poison: every class of bytes a producer can send ends as a Rejection --------------
+
+HEAD = b'{"prompt": "p", "response_a": "a", "response_b": "b"'
+
+POISON = {
+    "array nested 1,000 deep": b"[" * 1000 + b"]" * 1000,
+    "object nested 1,000 deep": b'{"a":' * 1000 + b"1" + b"}" * 1000,
+    "deep metadata": HEAD + b', "metadata": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    "unclosed brackets": b"[" * 100_000,
+    "5,000-digit integer": HEAD + b', "metadata": {"n": ' + b"9" * 5000 + b"}}",
+    "5,000-digit schema_version": HEAD + b', "schema_version": ' + b"9" * 5000 + b"}",
+    "NaN in metadata": HEAD + b', "metadata": {"x": NaN}}',
+    "Infinity deep in metadata": HEAD + b', "metadata": {"x": [1, {"y": -Infinity}]}}',
+    "float overflow": HEAD + b', "metadata": {"x": 1e999}}',
+    "lone surrogate escape": HEAD + b', "source": "\\ud800"}',
+    "overlong UTF-8": b'{"prompt": "\xc0\xaf"}',
+    "NUL bytes": b"\x00" * 100,
+    "BOM then object": b"\xef\xbb\xbf" + HEAD + b"}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_poison_is_a_rejection_with_a_reason(name: str) -> None:
+    out = decode(POISON[name], ResponsePair)
+    assert isinstance(out, Rejection), name
+    assert out.reason and out.raw == POISON[name]
+
+
+def test_depth_and_non_finite_reasons_name_the_problem() -> None:
+    deep = decode(POISON["deep metadata"], ResponsePair)
+    assert isinstance(deep, Rejection) and "nested more than 64 levels" in deep.reason
+    nan = decode(POISON["Infinity deep in metadata"], ResponsePair)
+    assert isinstance(nan, Rejection) and "metadata.x[1].y" in nan.reason
+
+
+def test_brackets_inside_strings_do_not_count_as_depth() -> None:
+    raw = good_bytes(response_a="[" * 500 + "{" * 500, metadata={"s": '"]]]\\"[[['})
+    out = decode(raw, ResponsePair)
+    assert isinstance(out, ResponsePair) and out.response_a.startswith("[[[")
+
+
+def test_finite_numbers_in_metadata_pass() -> None:
+    out = decode(good_bytes(metadata={"x": [1.5, -2, 0.0, 1e300]}), ResponsePair)
+    assert isinstance(out, ResponsePair)
+
+
+def test_decode_survives_any_exception_from_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(raw: bytes) -> None:
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(ResponsePair, "model_validate_json", explode)
+    out = decode(good_bytes(), ResponsePair)
+    assert isinstance(out, Rejection) and "MemoryError" in out.reason
