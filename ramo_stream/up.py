@@ -460,7 +460,7 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
             parts = [ingest, bridge, trainer]
             view = LiveView(settings, bootstrap, url, out, options.heartbeat_s)
             try:
-                failed = _watch(view, settings, options, stop, out, parts)
+                failed = _watch(view, settings, options, stop, out, parts, processor)
                 ingest.halt(30)
                 if failed is None and ephemeral:
                     failed = _drain(view, settings, options, abort, processor, parts, say)
@@ -508,9 +508,11 @@ def _watch(
     stop: threading.Event,
     out: TextIO,
     parts: list[Component],
+    processor: Any,
 ) -> Component | None:
     """Draw the live view until a stop is asked for, the loop is idle, or a part fails
-    (returned). ``parts``: ingest, labeler bridge, trainer."""
+    (returned). ``parts``: ingest, labeler bridge, trainer; ``processor``: the bridge's
+    StreamProcessor, whose health (the broker reachable or not) the view shows."""
     ingest, _, trainer = parts
     selector = settings.labeling.selector
     hint = "Ctrl-C stops (a final version is published first)"
@@ -521,7 +523,9 @@ def _watch(
                 return part
         if trainer.thread is not None and not trainer.running:  # it stopped by itself
             return None  # (train.idle_stop_s or train.max_steps)
-        snap = view.draw(selector, hint)
+        health = processor.health
+        status = hint if health.state == "ok" else f"labeler: {health.line()}; {hint}"
+        snap = view.draw(selector, status)
         key = (snap.pairs, snap.labels, snap.dead_letters, snap.version)
         if key != last_key:
             last_change, last_key = time.monotonic(), key
