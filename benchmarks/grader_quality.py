@@ -33,6 +33,7 @@ import torch
 
 from ramo_stream.config import load_settings
 from ramo_stream.core.rules import load_pool
+from ramo_stream.core.stats import wilson_interval
 from ramo_stream.grading.factory import describe, make_grader
 from ramo_stream.grading.sources import (
     RBR_PROPOSITIONS,
@@ -43,7 +44,7 @@ from ramo_stream.grading.sources import (
     rbr_examples,
     read_jsonl,
 )
-from ramo_stream.grading.train_classifier import as_request, wilson, yes_no_metrics
+from ramo_stream.grading.train_classifier import as_request, yes_no_metrics
 from ramo_stream.ingest import parse_line
 from ramo_stream.labeling import Labeler
 from ramo_stream.schemas import ResponsePair
@@ -75,7 +76,7 @@ def pair_slice(name: str, n: int, seed: int) -> list[ResponsePair]:
 def fmt(hits: int, n: int) -> str:
     if n == 0:
         return "n/a"
-    lo, hi = wilson(hits, n)
+    lo, hi = wilson_interval(hits, n)
     return f"{hits / n:.3f} [{lo:.2f}, {hi:.2f}] (n={n})"
 
 

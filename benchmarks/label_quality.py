@@ -20,7 +20,6 @@ where a refusal-loving signal fails).
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 from ramo_stream.config import load_settings
 from ramo_stream.core.rules import load_pool
 from ramo_stream.core.selection import aggregate, rule_scores, select_max_discrepancy
+from ramo_stream.core.stats import wilson_interval
 from ramo_stream.grading.transformers_backend import TransformersGrader
 from ramo_stream.ingest import iter_lines, parse_line
 from ramo_stream.labeling import NULL_RULE_ID, Labeler
@@ -41,15 +41,6 @@ from ramo_stream.schemas import ResponsePair
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
 
 
 def sample(
@@ -169,7 +160,7 @@ def main() -> None:
         cells = []
         for key in keys:
             hits, n = tally[variant].get(key, [0, 0])
-            lo, hi = wilson(hits, n)
+            lo, hi = wilson_interval(hits, n)
             cells.append(f"{hits / n:.2f} [{lo:.2f}, {hi:.2f}] ({n})" if n else "-")
         lines.append(f"| {variant} | {c} | " + " | ".join(cells) + " |")
     report = "\n".join(lines)

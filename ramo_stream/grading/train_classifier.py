@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ramo_stream.core.stats import wilson_interval
 from ramo_stream.grading.artifact import (
     FORMAT,
     REBUILD,
@@ -226,16 +227,6 @@ def publish(
 # --- metrics shared with benchmarks/grader_quality.py ---------------------------------------
 
 
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
-
-
 def ece(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
     """Expected calibration error: sum_b |B|/n * |acc(B) - conf(B)| over equal-width bins."""
     n = len(confidences)
@@ -260,7 +251,7 @@ def yes_no_metrics(probs: Sequence[AnswerProbs], examples: Sequence[Example]) ->
     fp = sum(p.p_no > p.p_yes and e.answer == 0 for p, e in pairs)
     fn = sum(p.p_no <= p.p_yes and e.answer == 1 for p, e in pairs)
     p_yes = [p.p_yes / max(p.p_yes + p.p_no, 1e-12) for p, _ in pairs]
-    lo, hi = wilson(hits, n)
+    lo, hi = wilson_interval(hits, n)
     return {
         "n": n,
         "accuracy": hits / n if n else float("nan"),

@@ -9,6 +9,7 @@ import pytest
 
 from ramo_stream.config import default_rule_pool
 from ramo_stream.core.rules import load_pool
+from ramo_stream.core.stats import wilson_interval as wilson
 from ramo_stream.grading.sources import (
     GPTFUZZ_RULES,
     HELP_RULES,
@@ -21,7 +22,7 @@ from ramo_stream.grading.sources import (
     pair_examples,
     training_examples,
 )
-from ramo_stream.grading.train_classifier import ece, wilson
+from ramo_stream.grading.train_classifier import ece
 
 
 def test_mapping_names_only_rules_of_the_shipped_pool() -> None:
