@@ -151,7 +151,11 @@ def main() -> None:
 
     graders: list[tuple[str, Any, int, int]] = []
     if "trained" in args.graders:
-        trained = make_grader(settings)
+        # The trained classifier whatever grader.backend defaults to (grader.artifact, or
+        # the newest for the pool); make_grader says how to build one when there is none.
+        cls_settings = settings.model_copy(deep=True)
+        cls_settings.grader.backend = "classifier"
+        trained = make_grader(cls_settings)
         graders.append(("trained: " + describe(trained), trained, len(fuzz), args.pairs))
     if "zero-shot" in args.graders:
         zs_settings = settings.model_copy(deep=True)
