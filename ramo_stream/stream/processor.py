@@ -78,6 +78,16 @@ class ProcessorStats:
     health: Health = field(default_factory=Health)
 
 
+def describe_error(e: BaseException) -> str:
+    """'Type: message' of a handler's error. An error raised in a Ray task (the labeler's
+    deployment) carries the remote traceback in its text, which would push the message out
+    of a dead letter's reason; its ``cause`` is the error itself."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        e = cause
+    return f"{type(e).__name__}: {e}"
+
+
 class StreamProcessor(Generic[R]):
     def __init__(
         self,
@@ -244,8 +254,8 @@ class StreamProcessor(Generic[R]):
                 self.handler([msg])
             except Exception as e:  # noqa: BLE001
                 if is_broker_error(e):
-                    raise BrokerTrouble(f"{type(e).__name__}: {e}") from e
-                failed.append((msg, f"handler failed: {type(e).__name__}: {e}", self.retries + 2))
+                    raise BrokerTrouble(describe_error(e)) from e
+                failed.append((msg, f"handler failed: {describe_error(e)}", self.retries + 2))
         return failed
 
     def _send_letters(self, letters: list[DeadLetter]) -> None:

@@ -245,3 +245,16 @@ def test_letter_says_when_the_whole_record_was_not_kept(tmp_path: Any, spill: bo
     assert letter.original == b"y" * 10 and letter.original_stored_at is None
     assert "not kept" in letter.reason or "could not be kept" in letter.reason
     json.loads(letter.model_dump_json())
+
+
+def test_an_error_from_a_ray_task_is_described_by_its_cause() -> None:
+    from ramo_stream.stream.processor import describe_error
+
+    class RemoteError(Exception):  # what Ray raises: the remote traceback, and .cause
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("Traceback (most recent call last):\n" + "  frame\n" * 500)
+            self.cause = cause
+
+    too_long = ValueError("prompt of 9000 tokens > grader.max_prompt_tokens 2048")
+    assert describe_error(RemoteError(too_long)) == f"ValueError: {too_long}"
+    assert describe_error(KeyError("x")) == "KeyError: 'x'"
