@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +26,31 @@ def shared_file(name: str) -> Path:
 def read_all(broker: str, topic: str) -> list[bytes]:
     """Every value on a topic, read without a group up to the fetch high watermarks."""
     return [m.value for m in read_topic(broker, topic)]
+
+
+def group_members(pgid: int) -> list[Any]:
+    """Live (not zombie) processes of the process group ``pgid`` (psutil.Process)."""
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except (psutil.Error, ProcessLookupError):
+            pass
+    return alive
+
+
+def left_behind(pgid: int, seen: set[int]) -> list[Any]:
+    """What is still alive of a command's process group, and of the processes ``seen`` in
+    it while it ran (some leave the group): after a clean stop, nothing."""
+    import psutil
+
+    left = group_members(pgid)
+    for pid in seen:
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE and p not in left:
+                left.append(p)
+    return left

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ramo_stream.stream.broker import free_port
-from tests.integration.test_up import _group_members
+from tests.helpers import group_members, left_behind
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 psutil = pytest.importorskip("psutil")
@@ -35,14 +35,14 @@ def test_sigterm_stops_ramo_serve_cleanly(tmp_path: Path, sig: signal.Signals) -
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            seen.update(p.pid for p in _group_members(proc.pid))
+            seen.update(p.pid for p in group_members(proc.pid))
             if "reward service on" in log_path.read_text():
                 break
             time.sleep(0.5)
         assert proc.poll() is None, f"ramo serve exited early:\n{log_path.read_text()[-3000:]}"
         assert "reward service on" in log_path.read_text(), log_path.read_text()[-3000:]
         for _ in range(4):  # Ray's agents start a moment after the service answers
-            seen.update(p.pid for p in _group_members(proc.pid))
+            seen.update(p.pid for p in group_members(proc.pid))
             time.sleep(0.5)
         proc.send_signal(sig)
         rc = proc.wait(timeout=120)
@@ -54,8 +54,6 @@ def test_sigterm_stops_ramo_serve_cleanly(tmp_path: Path, sig: signal.Signals) -
     assert rc == 0, out[-3000:]
     assert "reward service stopped" in out and "Traceback" not in out, out[-3000:]
     time.sleep(2)
-    left = _group_members(proc.pid)
-    left += [p for p in (psutil.Process(pid) for pid in seen if psutil.pid_exists(pid))
-             if p.status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    left = left_behind(proc.pid, seen)
     assert not left, [(p.pid, p.name(), " ".join(p.cmdline())[:80]) for p in left]
     assert len(seen) > 3, f"only {len(seen)} processes seen: did Ray start?"

@@ -14,26 +14,15 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from ramo_stream.reward.registry import Registry
 from ramo_stream.stream.broker import free_port
+from tests.helpers import group_members, left_behind
 
 pytestmark = pytest.mark.integration
 
 PAIRS = 12
-
-
-def _group_members(pgid: int) -> list[psutil.Process]:
-    alive = []
-    for p in psutil.process_iter():
-        try:
-            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
-                alive.append(p)
-        except (psutil.Error, ProcessLookupError):
-            pass
-    return alive
 
 
 def _up_command(models_dir: Path, cache: Path, port: int, pairs: int = PAIRS) -> list[str]:
@@ -86,7 +75,7 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and proc.poll() is None:
-            seen.update(p.pid for p in _group_members(proc.pid))
+            seen.update(p.pid for p in group_members(proc.pid))
             if len(registry.versions()) >= 2 and any(v for *_, v in replies if v and v >= 2):
                 break
             time.sleep(1)
@@ -142,9 +131,7 @@ def test_ramo_up_labels_trains_serves_and_stops_clean(models_dir: Path, tmp_path
 
     # A clean stop: nothing of the run (broker, Ray, workers) is left.
     time.sleep(2)
-    left = _group_members(proc.pid)
-    left += [p for p in (psutil.Process(pid) for pid in seen if psutil.pid_exists(pid))
-             if p.status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    left = left_behind(proc.pid, seen)
     assert not left, [(p.pid, p.name()) for p in left]
 
 
@@ -209,4 +196,5 @@ def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
         assert pairs_dropped > 0, out[-4000:]
     assert final.samples_seen - earlier.samples_seen + final.heldout_size == labels_read
     time.sleep(2)
-    assert not _group_members(proc.pid), [(p.pid, p.name()) for p in _group_members(proc.pid)]
+    left = group_members(proc.pid)
+    assert not left, [(p.pid, p.name()) for p in left]
