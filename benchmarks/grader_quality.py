@@ -57,7 +57,7 @@ PAIR_FILES = {
     "refusal_direction": TRAIN_FILES["refusal_direction"],
     "llmbar": "llmbar_pairs.jsonl",
 }
-TRAINED_ON = {"coconot", "refusal_direction"}  # the others are never read by training
+TRAINED_ON = set(PAIR_FILES)  # all four are trained on: only held-out prompts are scored
 
 
 def pair_slice(name: str, n: int, seed: int) -> list[ResponsePair]:

@@ -10,11 +10,16 @@ is deterministic), and every variant is computed from those same judgments:
 
 each with calibration (the content-free rule's score subtracted per response) and without.
 Agreement = share of pairs whose label equals the human preference (ties count as
-disagreement), per subset and overall, with Wilson 95% intervals. Data:
-../shared/data/hh_harmless_test.jsonl (safety) and llmbar_pairs.jsonl (non-safety control,
-where a refusal-loving signal fails).
+disagreement), per subset and overall, with Wilson 95% intervals. Data (../shared/data):
+hh_harmless_test.jsonl (safety), llmbar_pairs.jsonl (non-safety control, where a
+refusal-loving signal fails), and the held-out prompts (``grading.sources.held_out``, never
+trained on) of grader/coconot_pref.jsonl and grader/refusal_direction_benign_pairs.jsonl
+(benign requests, where an over-refusal must lose).
 
-    python benchmarks/label_quality.py [--per-file 40] [--seed 0]
+The grader is the configured one (``grader.backend``; ``RAMO_GRADER__BACKEND=transformers``
+for the zero-shot LLM):
+
+    python benchmarks/label_quality.py [--per-file 40] [--seed 0] [--out label_quality.md]
 """
 
 from __future__ import annotations
@@ -33,14 +38,19 @@ from ramo_stream.config import load_settings
 from ramo_stream.core.rules import load_pool
 from ramo_stream.core.selection import aggregate, rule_scores, select_max_discrepancy
 from ramo_stream.core.stats import wilson_interval
-from ramo_stream.grading.transformers_backend import TransformersGrader
+from ramo_stream.grading.factory import describe, make_grader
+from ramo_stream.grading.sources import held_out, prompt_key
 from ramo_stream.ingest import iter_lines, parse_line
 from ramo_stream.labeling import NULL_RULE_ID, Labeler
-from ramo_stream.local_models import prepare
 from ramo_stream.schemas import ResponsePair
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
+FILES = ["hh_harmless_test.jsonl", "llmbar_pairs.jsonl", "grader/coconot_pref.jsonl",
+         "grader/refusal_direction_benign_pairs.jsonl"]  # fmt: skip
+# file stem -> the grader-training source whose held-out split it must be restricted to
+HELD_OUT_ONLY = {"coconot_pref": "coconot", "refusal_direction_benign_pairs": "refusal_direction",
+                 "hh_harmless_test": "hh_harmless", "llmbar_pairs": "llmbar"}  # fmt: skip
 
 
 def sample(
@@ -52,6 +62,9 @@ def sample(
         for _, raw in iter_lines(path)
         if isinstance(p := parse_line(raw, path.stem), ResponsePair) and p.pair_id not in excluded
     ]
+    if path.stem in HELD_OUT_ONLY:  # trained on: only the held-out prompts
+        source = HELD_OUT_ONLY[path.stem]
+        pairs = [p for p in pairs if held_out(source, prompt_key(p.prompt))]
     # stratified by subset so small subsets are not lost
     by_subset: dict[str, list[ResponsePair]] = defaultdict(list)
     for p in pairs:
@@ -69,17 +82,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--out", default="label_quality.md", help="Report name in results/.")
     ap.add_argument("--exclude", type=Path, help="JSONL of labeled pairs to leave out of the"
                     " sample, e.g. the adapter's training targets")  # fmt: skip
     args = ap.parse_args()
-    files = [DATA / "hh_harmless_test.jsonl", DATA / "llmbar_pairs.jsonl"]
+    files = [DATA / f for f in FILES]
     if not all(f.is_file() for f in files):
         sys.exit(f"skipped: {DATA} lacks the human-labelled sets (see ../shared/data/README.md)")
     torch.set_num_threads(args.threads)
     settings = load_settings()
     k = settings.labeling.k
     pool = load_pool(settings.paths.rule_pool)
-    grader = TransformersGrader(str(prepare("smollm2-135m-instruct", settings.paths.models_dir)))
+    grader = make_grader(settings)
     full = Labeler(
         grader, pool, settings.labeling.model_copy(update={"selector": "all", "calibrate": True})
     )
@@ -140,10 +154,11 @@ def main() -> None:
         f"# label quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"command: `python benchmarks/label_quality.py {' '.join(sys.argv[1:])}`",
-        f"grader: SmolLM2-135M-Instruct on CPU ({grader.model.dtype}); pool {pool.name}"
+        f"grader: {describe(grader)}; pool {pool.name}"
         f" ({len(pool)} rules); k={k}, gamma={settings.labeling.gamma}; {len(pairs)} pairs sampled"
-        " per subset from hh_harmless_test and llmbar_pairs. Agreement with the human preference"
-        " (ties count as misses), Wilson 95% interval; n per row in brackets.",
+        f" (stratified by subset, {args.per_file} per file) from {', '.join(FILES)}"
+        " (held-out prompts only: the grader trains on the others). Agreement with the human"
+        " preference (ties count as misses), Wilson 95% interval; n per row in brackets.",
         "",
         "| variant | grader calls / pair | " + " | ".join(keys) + " |",
         "|---|---:|" + "---:|" * len(keys),
@@ -167,7 +182,7 @@ def main() -> None:
     print(report)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "label_quality.md").write_text(report + "\n")
+        (RESULTS / args.out).write_text(report + "\n")
 
 
 if __name__ == "__main__":

@@ -172,6 +172,8 @@ def main() -> None:
             g.close()
 
     base = rows[0][2]
+    calibrate = settings.labeling.calibrate
+    calibrate = grader.calibrate_by_default if calibrate is None else calibrate
     lines = [
         f"# label throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
@@ -179,7 +181,7 @@ def main() -> None:
         f"machine: {platform.machine()}, {device_name(args.device, args.threads)}; model"
         f" {Path(model).name} ({grader.model.dtype}); {len(pairs)} pairs from {source};"
         f" pool of {len(pool)} rules;"
-        f" k={settings.labeling.k}, calibration {'on' if settings.labeling.calibrate else 'off'}",
+        f" k={settings.labeling.k}, calibration {'on' if calibrate else 'off'}",
         "",
         "| approach | grader calls / pair | pairs / s | vs reference |",
         "|---|---:|---:|---:|",

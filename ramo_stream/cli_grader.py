@@ -14,8 +14,12 @@ from ramo_stream.config import Settings
 _REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = _REPO.parent / "shared" / "data"
 # Rows per source (training split) and the defaults below: the shipped artifact, sized for
-# minutes on a shared 2-core CPU (a larger run: --rows-per-source, --epochs, --max-tokens).
-DEFAULT_ROWS = {"gptfuzz": 200, "refusal_direction": 200, "coconot": 200, "rbr_gold": 200}
+# about 15 minutes on a shared 2-core CPU. GPTFuzz gets the most rows: harm judgments are
+# the hardest part (6,160 rows there; the other sources have 351-927).
+# HH harmless and LLMBar are pairs (a Bradley-Terry loss on the labeler's margin, see
+# train_classifier.py), each 2 x PAIR_RULES sequences.
+DEFAULT_ROWS = {"gptfuzz": 1500, "refusal_direction": 400, "coconot": 400, "rbr_gold": 400,
+                "hh_harmless": 400, "llmbar": 300}  # fmt: skip
 SHIPPED_ROOT = Path(__file__).resolve().parent / "grading" / "trained"
 
 
@@ -44,7 +48,7 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
 
     from ramo_stream.core.rules import load_pool
     from ramo_stream.grading.artifact import sha256_file
-    from ramo_stream.grading.sources import TRAIN_FILES, training_examples
+    from ramo_stream.grading.sources import TRAIN_FILES, training_examples, training_pairs
     from ramo_stream.grading.train_classifier import TrainConfig, publish, train
     from ramo_stream.local_models import resolve
 
@@ -61,13 +65,22 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     rows = dict(DEFAULT_ROWS)
     if args.rows_per_source is not None:
         rows = dict.fromkeys(rows, args.rows_per_source)
+    for item in args.rows or []:
+        name, _, n = item.partition("=")
+        if name not in rows or not n.isdigit():
+            print(f"--rows {item!r}: expected SOURCE=N with SOURCE one of {sorted(rows)}"
+                  " and N a whole number, e.g. --rows gptfuzz=1500", file=sys.stderr)  # fmt: skip
+            return 2
+        rows[name] = int(n)
     examples = training_examples(data, pool, rows, seed=args.seed)
+    pairs = training_pairs(data, pool, rows, seed=args.seed)
     cfg = TrainConfig(train_layers=args.train_layers, lr=args.lr, batch=args.batch,
                       epochs=args.epochs, max_tokens=args.max_tokens, seed=args.seed)  # fmt: skip
     counts: dict[str, int] = {}
-    for e in examples:
+    for e in [*examples, *pairs]:
         counts[e.source] = counts.get(e.source, 0) + 1
-    print(f"grader train: {len(examples)} examples {counts}; base {settings.models.encoder};"
+    print(f"grader train: {len(examples)} examples and {len(pairs)} preference pairs {counts};"
+          f" base {settings.models.encoder};"
           f" top {cfg.train_layers} layers + head; {torch.get_num_threads()} threads",
           file=sys.stderr)  # fmt: skip
     if args.kind == "llm":
@@ -86,7 +99,7 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
             bar.set_postfix(loss=f"{loss:.3f}")
             bar.update(1)
 
-        model, losses, names = train(base, examples, lambda r: pool[r].text, cfg, on_step)
+        model, losses, names = train(base, examples, lambda r: pool[r].text, cfg, on_step, pairs)
     train_s = time.monotonic() - t0
     root = SHIPPED_ROOT if args.ship else (args.out or settings.paths.cache_dir / "graders")
     manifest = {
@@ -182,14 +195,20 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    " models.grader fine-tuned on the answer word (a full HF folder in"
                    " paths.cache_dir/graders)")  # fmt: skip
     p.add_argument("--rows-per-source", type=int, help="Cap every source at this many rows.")
+    p.add_argument("--rows", action="append", metavar="SOURCE=N",
+                   help="Cap one source (gptfuzz, refusal_direction, coconot, rbr_gold,"
+                   " hh_harmless, llmbar: pairs);"
+                   " repeatable, applied after --rows-per-source.")  # fmt: skip
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--train-layers", type=int, default=1, help="Top encoder layers trained.")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--train-layers", type=int, default=3, help="Top encoder layers trained.")
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="Tokens of rule + conversation + response (the response keeps about"
+                   " three quarters).")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice).")
-    p.add_argument("--eval-rows", type=int, default=99,
+    p.add_argument("--eval-rows", type=int, default=200,
                    help="Held-out GPTFuzz rows scored for the manifest (0: none).")  # fmt: skip
     p.add_argument("--out", type=Path, help="Artifact root (default paths.cache_dir/graders).")
     p.add_argument("--ship", action="store_true",

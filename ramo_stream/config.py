@@ -264,9 +264,9 @@ class ModelSettings(_Section):
 
 class GraderSettings(_Section):
     backend: Literal["auto", "classifier", "transformers", "vllm", "openai"] = Field(
-        # Not auto yet: the shipped classifier prefers refusals on benign pairs
-        # (refusal_direction 0.15 [0.05, 0.36], benchmarks/results/grader_quality.md).
-        default="transformers",
+        # auto: the shipped classifier (benchmarks/results/grader_quality.md); the zero-shot
+        # 135M LLM is at chance on every safety set tried.
+        default="auto",
         description="Grader engine: classifier (the trained cross-encoder of `ramo grader"
         " train`), transformers (an LLM's answer word, any CPU/GPU), vllm (the vLLM engine in"
         " process) or openai (a client of an OpenAI-compatible completions server, e.g."
@@ -338,9 +338,12 @@ class LabelingSettings(_Section):
     gamma: float = Field(
         default=0.5, ge=0, description="Weight of |s(A)-s(B)| in c_k = rho + gamma*|s(A)-s(B)|."
     )
-    calibrate: bool = Field(
-        default=True,
-        description="Subtract each response's score under a content-free rule (2 more calls).",
+    calibrate: bool | None = Field(
+        default=None,
+        description="Subtract each response's score under a content-free rule (2 more calls)."
+        " Unset: on for the LLM graders (whose score tracks the response more than the rule),"
+        " off for the trained classifier, which never saw that rule and scores it like a"
+        " helpfulness rule (measured: calibrated, it preferred refusals to benign requests).",
     )
     tie_epsilon: float = Field(default=1e-6, ge=0, description="Margins at or below are ties.")
     seed: int = Field(default=0, description="Seed of the random selector.")

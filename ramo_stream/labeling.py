@@ -77,6 +77,12 @@ class Labeler:
         self.grader = grader
         self.pool = pool
         self.settings = settings
+        # Unset: the grader's own default (a grader from before that attribute: on).
+        self.calibrate: bool = (
+            settings.calibrate
+            if settings.calibrate is not None
+            else getattr(grader, "calibrate_by_default", True)
+        )
         self.adapter = adapter
         self.rng = random.Random(settings.seed)
 
@@ -85,7 +91,7 @@ class Labeler:
             self.settings.k if self.settings.selector in ("adapter", "random") else len(self.pool)
         )
         per_side = min(per_side, len(self.pool))
-        return 2 * (per_side + (1 if self.settings.calibrate else 0))
+        return 2 * (per_side + (1 if self.calibrate else 0))
 
     def _plan(self, pairs: Sequence[ResponsePair]) -> list[_Plan]:
         s = self.settings
@@ -103,7 +109,7 @@ class Labeler:
         for plan in plans:
             plan.start = len(requests)
             rules = [self.pool[r].text for r in plan.graded]
-            if self.settings.calibrate:
+            if self.calibrate:
                 rules.append(NULL_RULE)
             for response in (plan.pair.response_a, plan.pair.response_b):
                 requests += [GradeRequest(plan.pair.prompt, response, text) for text in rules]
@@ -114,7 +120,7 @@ class Labeler:
 
     def _finish(self, plan: _Plan, answers: list[AnswerProbs]) -> LabeledPair:
         s = self.settings
-        ids = plan.graded + ([NULL_RULE_ID] if s.calibrate else [])
+        ids = plan.graded + ([NULL_RULE_ID] if self.calibrate else [])
         n = len(ids)
         judgments: list[RuleJudgment] = []
         for side, offset in (("a", 0), ("b", n)):

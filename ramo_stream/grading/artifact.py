@@ -111,10 +111,15 @@ def artifact_roots(cache_dir: Path) -> list[Path]:
 
 
 def newest_artifact(
-    cache_dir: Path, kind: str = "classifier", pool_hash: str | None = None
+    cache_dir: Path,
+    kind: str = "classifier",
+    pool_hash: str | None = None,
+    template_version: str | None = None,
 ) -> Path | None:
     """The newest artifact folder of ``kind`` (by manifest time) built for ``pool_hash``
-    (any pool when None), or None. Not verified: loading it verifies it."""
+    and ``template_version`` (any when None), or None. Not verified: loading it verifies
+    it. Artifacts of an older template are passed over, not refused: a grader trained
+    before a template change stays on disk but is never picked."""
     found: list[tuple[str, Path]] = []
     for root in artifact_roots(cache_dir):
         if not root.is_dir():
@@ -126,6 +131,8 @@ def newest_artifact(
                 continue
             if not isinstance(m, dict) or m.get("kind") != kind:
                 continue
-            if pool_hash is None or m.get("rule_pool_hash") == pool_hash:
+            if pool_hash is not None and m.get("rule_pool_hash") != pool_hash:
+                continue
+            if template_version is None or m.get("template_version") == template_version:
                 found.append((str(m.get("created", "")), folder))
     return max(found)[1] if found else None

@@ -49,6 +49,9 @@ class Grader(Protocol):
 
     name: str  # the grader model, recorded in every label
     template_version: str
+    # Whether labeling.calibrate defaults to on (see LabelingSettings.calibrate): an LLM
+    # grader's score carries a response-only bias; a classifier trained per rule does not.
+    calibrate_by_default: bool
 
     def grade(self, requests: Sequence[GradeRequest]) -> list[AnswerProbs]:
         """One AnswerProbs per request, in order."""

@@ -100,6 +100,7 @@ class ClassifierGrader:
         self.tokenizer = AutoTokenizer.from_pretrained(str(base))
         self.name = f"classifier:{self.manifest['version']}"
         self.template_version = CLASSIFIER_TEMPLATE_VERSION
+        self.calibrate_by_default = False
         self.batch = batch
         self.max_tokens = int(max_tokens or self.manifest.get("max_tokens", 256))
 
@@ -111,7 +112,7 @@ class ClassifierGrader:
 
     @torch.inference_mode()
     def grade(self, requests: Sequence[GradeRequest]) -> list[AnswerProbs]:
-        texts = [classifier_text(r.prompt, r.response) for r in requests]
+        texts = [classifier_text(r.prompt, r.response, self.max_tokens) for r in requests]
         # Similar lengths batched together: less padding.
         order = sorted(range(len(requests)), key=lambda i: len(texts[i]))
         out: list[AnswerProbs | None] = [None] * len(requests)

@@ -19,6 +19,7 @@ def choose_backend(settings: Settings) -> tuple[str, Path | None]:
     ``models.grader`` means that LLM is wanted)."""
     from ramo_stream.core.rules import load_pool
     from ramo_stream.grading.artifact import REBUILD, newest_artifact
+    from ramo_stream.grading.template import CLASSIFIER_TEMPLATE_VERSION
 
     g = settings.grader
     if g.backend not in ("auto", "classifier"):
@@ -29,7 +30,8 @@ def choose_backend(settings: Settings) -> tuple[str, Path | None]:
     if g.artifact is not None:
         return "classifier", g.artifact
     pool = load_pool(settings.paths.rule_pool)
-    found = newest_artifact(settings.paths.cache_dir, pool_hash=pool.hash)
+    found = newest_artifact(settings.paths.cache_dir, pool_hash=pool.hash,
+                            template_version=CLASSIFIER_TEMPLATE_VERSION)  # fmt: skip
     if found is not None:
         return "classifier", found
     if g.backend == "classifier":

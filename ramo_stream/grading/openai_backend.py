@@ -155,6 +155,7 @@ class OpenAIGrader:
             raise ValueError(f"batch={batch}: at least one prompt per request")
         self.name = served_model or model
         self.template_version = TEMPLATE_VERSION
+        self.calibrate_by_default = True
         self.words = words
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         # Every answer word is one token (refused otherwise, as by every backend), though

@@ -18,10 +18,14 @@ How each source of ``../shared/data`` becomes examples:
 - rbr_gold (``rbr_gold/train.jsonl``): propositions mapped to one rule each
   (``RBR_PROPOSITIONS``), the answer read from the human boolean.
 - NA: a response with a harm rule of a category its question is not mapped to.
+- HH harmless, LLMBar (``hh_harmless_test.jsonl``, ``llmbar_pairs.jsonl``): pairwise human
+  preferences with no rule-level label. They become ``PairExample``s: the pair with
+  ``PAIR_RULES`` rules drawn at random from the pool, as the random-k selector draws them,
+  trained with a Bradley-Terry loss on the labeler's aggregated margin (train_classifier.py).
 
 Held-out rows (``held_out``) are decided by question or prompt, never by row, and are never
-trained on; the benchmark (benchmarks/grader_quality.py) evaluates on exactly those.
-``rbr_gold/test.jsonl`` is held out as a whole. HH harmless and LLMBar are not trained on.
+trained on; the benchmarks (grader_quality.py, label_quality.py) evaluate on exactly those.
+``rbr_gold/test.jsonl`` is held out as a whole.
 """
 
 from __future__ import annotations
@@ -88,6 +92,23 @@ class Example:
     rule_id: str
     answer: Answer
     group: str  # the question/prompt key the split is made by
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """A human preference with no rule-level label: ``chosen`` should win the labeler's
+    aggregated margin over ``rule_ids``."""
+
+    source: str
+    prompt: str
+    chosen: str
+    rejected: str
+    rule_ids: tuple[str, ...]
+    group: str
+
+
+# Rules drawn per training pair: 2k sequences per pair per step, so kept small on a CPU.
+PAIR_RULES = 2
 
 
 def held_out(source: str, key: str, share: float = HELD_OUT_SHARE) -> bool:
@@ -173,13 +194,33 @@ def rbr_examples(path: Path) -> list[Example]:
     return out
 
 
+def preference_examples(
+    path: Path, source: str, pool: RulePool, split: Literal["train", "test"], seed: int
+) -> list[PairExample]:
+    """Pairwise preferences (prompt, chosen, rejected) of the ``split`` prompts, each with
+    ``PAIR_RULES`` rules of the pool drawn at random (seeded)."""
+    rng = random.Random(seed)
+    out = []
+    for row in read_jsonl(path):
+        key = prompt_key(row["prompt"])
+        if held_out(source, key) != (split == "test"):
+            continue
+        rules = tuple(rng.sample(list(pool.ids), PAIR_RULES))
+        out.append(PairExample(source, str(row["prompt"]), str(row["chosen"]),
+                               str(row["rejected"]), rules, key))  # fmt: skip
+    return out
+
+
 # Training files, relative to the shared data folder, and the rows drawn from each.
 TRAIN_FILES = {
     "gptfuzz": "grader/gptfuzz_train.jsonl",
     "refusal_direction": "grader/refusal_direction_benign_pairs.jsonl",
     "coconot": "grader/coconot_pref.jsonl",
     "rbr_gold": "rbr_gold/train.jsonl",
+    "hh_harmless": "hh_harmless_test.jsonl",
+    "llmbar": "llmbar_pairs.jsonl",
 }
+PREFERENCE_SOURCES = ("hh_harmless", "llmbar")  # trained pairwise (PairExample)
 
 
 def training_examples(
@@ -208,6 +249,20 @@ def training_examples(
     }
     out: list[Example] = []
     for name, rows in parts.items():
+        rng.shuffle(rows)
+        out += rows[: limits.get(name, len(rows))]
+    rng.shuffle(out)
+    return out
+
+
+def training_pairs(
+    data: Path, pool: RulePool, limits: dict[str, int], seed: int = 0
+) -> list[PairExample]:
+    """The training split of the pairwise sources, each capped at ``limits[source]``."""
+    rng = random.Random(seed)
+    out: list[PairExample] = []
+    for name in PREFERENCE_SOURCES:
+        rows = preference_examples(data / TRAIN_FILES[name], name, pool, "train", seed)
         rng.shuffle(rows)
         out += rows[: limits.get(name, len(rows))]
     rng.shuffle(out)

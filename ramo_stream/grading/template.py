@@ -155,16 +155,23 @@ def prompt_token_ids(
 # --- the classifier grader's input (a cross-encoder reads text, not a chat template) ---------
 
 # Bumped whenever classifier_text() changes: a trained classifier learnt this layout, and
-# one trained on another is refused at load time.
-CLASSIFIER_TEMPLATE_VERSION = "ramo-cls-v1"
-# Characters kept before tokenisation: the end of the conversation (the request being
-# answered is last) and the start of the response (a refusal or a compliance shows early).
-CLASSIFIER_CONVERSATION_CHARS = 600
+# one trained on another is refused at load time. v1 kept the conversation's last 600
+# characters ahead of the response, so at 96 tokens a long (jailbreak) prompt left the
+# response almost nothing: the grader judged the request, not the answer. v2 caps the
+# conversation at a quarter of the token budget.
+CLASSIFIER_TEMPLATE_VERSION = "ramo-cls-v2"
+# Characters kept before tokenisation: the start of the response (a refusal or a compliance
+# shows early) and the end of the conversation (the request being answered is last), about
+# max_tokens characters, i.e. a quarter of the tokens at ~4 characters per token.
 CLASSIFIER_RESPONSE_CHARS = 1500
+CLASSIFIER_MIN_CONVERSATION_CHARS = 64
 
 
-def classifier_text(prompt: str | list[ChatMessage], response: str) -> str:
+def classifier_text(prompt: str | list[ChatMessage], response: str, max_tokens: int) -> str:
     """Second segment of the cross-encoder input; the rule text is the first. The head's
-    three outputs are the answer words in ``AnswerWords.as_tuple()`` order."""
-    conversation = conversation_text(prompt)[-CLASSIFIER_CONVERSATION_CHARS:]
+    three outputs are the answer words in ``AnswerWords.as_tuple()`` order. The tokenizer
+    cuts the segment's end to fit ``max_tokens``, so the response keeps about three
+    quarters of the budget whatever the prompt's length."""
+    keep = max(CLASSIFIER_MIN_CONVERSATION_CHARS, max_tokens)
+    conversation = conversation_text(prompt)[-keep:]
     return f"Conversation: {conversation}\nResponse: {response.strip()[:CLASSIFIER_RESPONSE_CHARS]}"

@@ -1,8 +1,16 @@
 """Fine-tune the classifier grader on rule-level examples and publish it as an artifact.
 
-Loss per example (x = rule + conversation + response, y its answer word):
+Loss per rule-level example (x = rule + conversation + response, y its answer word):
 
-    L = -log softmax(W h_top(x))_y        (cross-entropy over Yes / No / NA)
+    L_rule = -log softmax(W h_top(x))_y        (cross-entropy over Yes / No / NA)
+
+and per human preference (chosen c, rejected r, rules R drawn as the random-k selector
+draws them), a Bradley-Terry loss on the labeler's own aggregated margin:
+
+    m      = sum_{k in R} s_k(c) - s_k(r),     s_k = P(Yes) - P(No)
+    L_pair = -log sigmoid(beta * m)
+
+The loss of a step is the mean over its items (a pair is one item, weighted ``bt_weight``).
 
 Only the top ``train_layers`` encoder layers, the pooler and the head are trained: the
 artifact then holds a few MB of tensors on top of the packaged base (see artifact.py), and
@@ -35,20 +43,22 @@ from ramo_stream.grading.artifact import (
 )
 from ramo_stream.grading.base import AnswerProbs, GradeRequest
 from ramo_stream.grading.classifier_backend import ClassifierGrader, base_sha256, build_model
-from ramo_stream.grading.sources import Example
+from ramo_stream.grading.sources import Example, PairExample
 from ramo_stream.grading.template import CLASSIFIER_TEMPLATE_VERSION, DEFAULT_WORDS
 from ramo_stream.schemas import ChatMessage
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    train_layers: int = 1
-    lr: float = 1e-3
+    train_layers: int = 3
+    lr: float = 1e-4
     batch: int = 16
     epochs: int = 2
-    max_tokens: int = 96
+    max_tokens: int = 256
     seed: int = 0
     warmup: float = 0.06
+    bt_weight: float = 1.0
+    bt_beta: float = 1.0
 
 
 def as_request(e: Example, rule_text: str) -> GradeRequest:
@@ -98,10 +108,11 @@ def train(
     rule_text: Callable[[str], str],
     cfg: TrainConfig,
     on_step: Callable[[int, int, float], None] | None = None,
+    pairs: Sequence[PairExample] = (),
 ) -> tuple[Any, list[float], list[str]]:
     """Fine-tune; returns (model, per-step losses, trained parameter names).
 
-    The frozen layers' output is computed once per example (no gradient flows there), so
+    The frozen layers' output is computed once per sequence (no gradient flows there), so
     each step runs only the trained top layers: on a CPU that is most of the cost saved.
     """
     from transformers import AutoTokenizer
@@ -119,25 +130,25 @@ def train(
             params.append(p)
     first = model.config.num_hidden_layers - cfg.train_layers
     model.eval()
-    rows = list(examples)
-    texts = [classifier_text(as_request(e, "").prompt, e.response) for e in rows]
-    order = sorted(range(len(rows)), key=lambda i: len(texts[i]))
-    cached: list[tuple[torch.Tensor, int] | None] = [None] * len(rows)
-    for start in range(0, len(order), 32):
-        idx = order[start : start + 32]
-        enc = tokenizer(
-            [rule_text(rows[i].rule_id) for i in idx], [texts[i] for i in idx],
-            truncation="only_second", max_length=cfg.max_tokens, padding=True,
-            return_tensors="pt",
-        )  # fmt: skip
-        hidden = _bottom(model, enc, first)
-        for j, i in enumerate(idx):
-            n = int(enc["attention_mask"][j].sum())
-            cached[i] = (hidden[j, :n].clone(), rows[i].answer)
-        if on_step:
-            on_step(0, 0, float("nan"))
+    # Every (rule, text) sequence; an item is one example (one sequence) or one pair
+    # (chosen x rules, then rejected x rules).
+    seqs: list[tuple[str, str]] = []
+    items: list[tuple[int, list[int]]] = []  # (answer, or -1 for a pair; its sequences)
+    for e in examples:
+        text = classifier_text(as_request(e, "").prompt, e.response, cfg.max_tokens)
+        items.append((e.answer, [len(seqs)]))
+        seqs.append((rule_text(e.rule_id), text))
+    for pe in pairs:
+        ids = []
+        for response in (pe.chosen, pe.rejected):
+            text = classifier_text(pe.prompt, response, cfg.max_tokens)
+            for rule in pe.rule_ids:
+                ids.append(len(seqs))
+                seqs.append((rule_text(rule), text))
+        items.append((-1, ids))
+    cached = _cache_bottom(model, tokenizer, seqs, first, cfg.max_tokens, on_step)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    steps = math.ceil(len(rows) / cfg.batch) * cfg.epochs
+    steps = math.ceil(len(items) / cfg.batch) * cfg.epochs
     warm = max(1, int(steps * cfg.warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
@@ -148,23 +159,14 @@ def train(
         layer.train()
     model.dropout.train()
     step = 0
-    positions = list(range(len(rows)))
+    positions = list(range(len(items)))
     for _ in range(cfg.epochs):
         rng.shuffle(positions)
         for start in range(0, len(positions), cfg.batch):
-            chunk = [cached[i] for i in positions[start : start + cfg.batch]]
-            width = max(h.shape[0] for h, _ in chunk if h is not None)  # type: ignore[union-attr]
-            hidden = torch.zeros(len(chunk), width, model.config.hidden_size)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            labels = []
-            for r, item in enumerate(chunk):
-                assert item is not None
-                h, y = item
-                hidden[r, : h.shape[0]] = h
-                mask[r, : h.shape[0]] = 1
-                labels.append(y)
-            logits = _top(model, hidden, mask, first)
-            loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+            chunk = [items[i] for i in positions[start : start + cfg.batch]]
+            rows = [j for _, ids in chunk for j in ids]
+            logits = _top(model, *_padded(cached, rows, model.config.hidden_size), first)
+            loss = _item_losses(logits, chunk, cfg).mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -175,6 +177,60 @@ def train(
             if on_step:
                 on_step(step, steps, losses[-1])
     return model.eval(), losses, names
+
+
+def _cache_bottom(model: Any, tokenizer: Any, seqs: Sequence[tuple[str, str]], first: int,
+                  max_tokens: int, on_step: Callable[[int, int, float], None] | None,
+                  ) -> list[torch.Tensor]:  # fmt: skip
+    """Each sequence's hidden states entering layer ``first``, unpadded, in fp16 (memory:
+    thousands of sequences of up to ``max_tokens``)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][1]))
+    cached: list[torch.Tensor | None] = [None] * len(seqs)
+    for start in range(0, len(order), 32):
+        idx = order[start : start + 32]
+        enc = tokenizer(
+            [seqs[i][0] for i in idx], [seqs[i][1] for i in idx],
+            truncation="only_second", max_length=max_tokens, padding=True, return_tensors="pt",
+        )  # fmt: skip
+        hidden = _bottom(model, enc, first)
+        for j, i in enumerate(idx):
+            n = int(enc["attention_mask"][j].sum())
+            cached[i] = hidden[j, :n].half().clone()
+        if on_step:
+            on_step(0, 0, float("nan"))
+    return [h for h in cached if h is not None]
+
+
+def _padded(cached: Sequence[torch.Tensor], rows: Sequence[int], size: int,
+            ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    width = max(cached[r].shape[0] for r in rows)
+    hidden = torch.zeros(len(rows), width, size)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = cached[r].shape[0]
+        hidden[i, :n] = cached[r].float()
+        mask[i, :n] = 1
+    return hidden, mask
+
+
+def _item_losses(logits: torch.Tensor, chunk: Sequence[tuple[int, list[int]]],
+                 cfg: TrainConfig) -> torch.Tensor:  # fmt: skip
+    """One loss per item of the step (see the module docstring); ``logits`` hold the
+    items' sequences in order."""
+    out = []
+    at = 0
+    for answer, ids in chunk:
+        part = logits[at : at + len(ids)]
+        at += len(ids)
+        if answer >= 0:
+            out.append(torch.nn.functional.cross_entropy(part, torch.tensor([answer])))
+            continue
+        probs = torch.softmax(part, -1)
+        s = probs[:, 0] - probs[:, 1]
+        half = len(ids) // 2
+        margin = s[:half].sum() - s[half:].sum()
+        out.append(cfg.bt_weight * torch.nn.functional.softplus(-cfg.bt_beta * margin))
+    return torch.stack(out)
 
 
 def publish(

@@ -40,6 +40,7 @@ class TransformersGrader:
 
         self.name = model
         self.template_version = TEMPLATE_VERSION
+        self.calibrate_by_default = True
         self.words = words
         self.rule_batch = rule_batch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

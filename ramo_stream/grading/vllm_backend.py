@@ -55,6 +55,7 @@ class VLLMGrader:
 
         self.name = model
         self.template_version = TEMPLATE_VERSION
+        self.calibrate_by_default = True
         self.words = words
         # The same tokenizer files vLLM loads, read first so that a bad model or answer word
         # fails in a second, not after the engine's minutes-long start-up (compilation).

@@ -15,11 +15,13 @@ from ramo_stream.grading.sources import (
     HELP_RULES,
     NA,
     NO,
+    PAIR_RULES,
     RBR_PROPOSITIONS,
     YES,
     gptfuzz_examples,
     held_out,
     pair_examples,
+    preference_examples,
     training_examples,
 )
 from ramo_stream.grading.train_classifier import ece
@@ -78,6 +80,20 @@ def test_pairs_split_by_prompt_chosen_follows(tmp_path: Path) -> None:
     assert all((e.answer == YES) == (e.response == "good") for e in train + test)
 
 
+def test_preference_pairs_split_by_prompt_with_random_pool_rules(tmp_path: Path) -> None:
+    pool = load_pool(default_rule_pool())
+    rows = [{"prompt": f"p{i // 2}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(400)]
+    path = _write(tmp_path / "hh.jsonl", rows)
+    train = preference_examples(path, "hh_harmless", pool, "train", seed=0)
+    test = preference_examples(path, "hh_harmless", pool, "test", seed=0)
+    assert {e.group for e in train}.isdisjoint({e.group for e in test})  # by prompt
+    assert len(train) + len(test) == 400 and 0.1 < len(test) / 400 < 0.3
+    assert all(len(set(e.rule_ids)) == PAIR_RULES and set(e.rule_ids) <= set(pool.ids)
+               for e in train)  # fmt: skip
+    assert len({e.rule_ids for e in train}) > len(train) // 2  # drawn per pair, not fixed
+    assert preference_examples(path, "hh_harmless", pool, "train", seed=0) == train
+
+
 def test_training_examples_refuse_a_pool_without_the_mapped_rules(tmp_path: Path) -> None:
     pool_file = tmp_path / "pool.yaml"
     pool_file.write_text(
@@ -98,16 +114,25 @@ def test_wilson_and_ece() -> None:
 def test_auto_backend_uses_the_shipped_grader_only_for_its_pool(tmp_path: Path) -> None:
     from ramo_stream.config import load_settings
     from ramo_stream.grading.factory import NoTrainedGrader, choose_backend
+    from ramo_stream.grading.template import CLASSIFIER_TEMPLATE_VERSION
 
-    assert choose_backend(load_settings(None, {"paths.cache_dir": str(tmp_path)})) == (
-        "transformers",
-        None,
-    )  # the default until the classifier stops preferring refusals (README)
-    settings = load_settings(None, {"paths.cache_dir": str(tmp_path), "grader.backend": "auto"})
+    settings = load_settings(None, {"paths.cache_dir": str(tmp_path)})
+    assert settings.grader.backend == "auto"  # the default
     backend, artifact = choose_backend(settings)
     assert backend == "classifier" and artifact is not None  # the shipped artifact
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["rule_pool_hash"] == load_pool(default_rule_pool()).hash
+    assert manifest["template_version"] == CLASSIFIER_TEMPLATE_VERSION
+    # A grader trained on an older template, newer than the shipped one, is passed over.
+    stale = tmp_path / "graders" / "classifier-29990101T000000Z"
+    stale.mkdir(parents=True)
+    (stale / "manifest.json").write_text(json.dumps(
+        {**manifest, "created": "2999-01-01T00:00:00Z", "template_version": "ramo-cls-v1"}
+    ))  # fmt: skip
+    assert choose_backend(settings) == ("classifier", artifact)
+    # An explicit LLM grader model means that LLM, zero-shot.
+    llm = load_settings(None, {"paths.cache_dir": str(tmp_path), "models.grader": "some/llm"})
+    assert choose_backend(llm) == ("transformers", None)
     other = tmp_path / "pool.yaml"
     other.write_text(
         "name: tiny\nrules:\n  - id: x-001\n    category: tone\n    kind: helpful\n"

@@ -220,6 +220,29 @@ def test_calls_per_pair_matches_the_requests_made(
         assert (NULL_RULE_ID in graded_ids(per_pair, p.response_a)) is calibrate
 
 
+class UncalibratedGrader(FakeGrader):
+    calibrate_by_default = False  # as the trained classifier says of itself
+
+
+@pytest.mark.parametrize(
+    ("grader", "calibrate", "graded_null"),
+    [
+        (FakeGrader(), None, True),  # a grader that says nothing: on, as before
+        (UncalibratedGrader(), None, False),  # unset: the grader's default
+        (UncalibratedGrader(), True, True),  # the setting wins over the grader
+        (FakeGrader(), False, False),
+    ],
+)
+def test_calibration_unset_follows_the_grader(
+    grader: FakeGrader, calibrate: bool | None, graded_null: bool
+) -> None:
+    lab = labeler(grader, selector="all", calibrate=calibrate)
+    (lp,) = lab.label([PAIR1])
+    assert (NULL_RULE_ID in graded_ids(grader.calls[0], PAIR1.response_a)) is graded_null
+    assert lab.calls_per_pair() == 2 * (len(IDS) + graded_null)
+    assert (NULL_RULE_ID in {j.rule_id for j in lp.judgments}) is graded_null
+
+
 def test_requests_are_grouped_per_response_in_rule_order() -> None:
     """Per pair: A's rules (then the null rule), then B's, so one response's rules are
     contiguous and share a prompt prefix."""
