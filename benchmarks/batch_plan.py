@@ -52,7 +52,7 @@ def main() -> int:
 
     from ramo_stream.config import ServeSettings, load_settings
     from ramo_stream.local_models import KNOWN, prepare, resolve
-    from ramo_stream.reward.model import load_reward_model, torch_dtype
+    from ramo_stream.registry.model import load_reward_model, torch_dtype
     from ramo_stream.serve.reward_batching import (
         BatchItem,
         LoadedModel,

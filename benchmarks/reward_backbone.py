@@ -89,7 +89,7 @@ def train_pass(model: Any, tok: Any, pairs: list[Any], args: argparse.Namespace,
     import torch
 
     from ramo_stream.core.loss import bradley_terry_loss
-    from ramo_stream.reward.model import encode, format_text, rewards
+    from ramo_stream.registry.model import encode, format_text, rewards
     from ramo_stream.train.data import MicroBatcher
 
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def run_backbone(name: str, train: list[Any], held: list[Any], args: argparse.Na
     import torch
 
     from ramo_stream.local_models import prepare
-    from ramo_stream.reward.model import load_reward_model
+    from ramo_stream.registry.model import load_reward_model
 
     folder = prepare(name, settings.paths.models_dir)
     torch.manual_seed(0)  # the same new head for the before and after figures

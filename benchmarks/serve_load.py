@@ -133,8 +133,8 @@ def publish(root: Path, backbone: str, scale: dict[str, int], device: str) -> tu
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from ramo_stream.reward.model import load_reward_model
-    from ramo_stream.reward.registry import Registry
+    from ramo_stream.registry.model import load_reward_model
+    from ramo_stream.registry.store import Registry
 
     torch.manual_seed(0)
     if scale:
@@ -166,7 +166,7 @@ def load_model(folder: Path, device: str) -> tuple[Any, Any, int]:
     """(model, tokenizer, max tokens it takes): the service's dtype rule (bf16 on GPU)."""
     import torch
 
-    from ramo_stream.reward.model import load_reward_model
+    from ramo_stream.registry.model import load_reward_model
     from ramo_stream.serve.reward_batching import model_max_length
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -204,7 +204,7 @@ def upper_bound(
     ``lengths``: the items' token counts, as main computed them for the report."""
     import torch
 
-    from ramo_stream.reward.model import encode, format_text, rewards
+    from ramo_stream.registry.model import encode, format_text, rewards
     from ramo_stream.serve.reward_batching import BatchItem, LoadedModel, score_items
 
     model, tok, model_limit = load_model(folder, args.device)
@@ -280,7 +280,7 @@ def serve_baseline(args: argparse.Namespace) -> None:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    from ramo_stream.reward.model import encode, format_text, rewards
+    from ramo_stream.registry.model import encode, format_text, rewards
 
     torch.set_num_threads(args.threads)
     model, tok, limit = load_model(args.model_dir, args.device)
@@ -1002,7 +1002,7 @@ def main() -> int:
 
     from ramo_stream.config import load_settings
     from ramo_stream.local_models import KNOWN, prepare, resolve
-    from ramo_stream.reward.model import format_text
+    from ramo_stream.registry.model import format_text
 
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from ramo_stream.reward.model import encode, format_text, rewards
+from ramo_stream.registry.model import encode, format_text, rewards
 from ramo_stream.schemas import ChatMessage
 from ramo_stream.serve.reward_protocol import DeadlineExceeded
 

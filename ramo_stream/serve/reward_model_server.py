@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 
 from ray import serve
 
-from ramo_stream.reward.model import torch_dtype
-from ramo_stream.reward.registry import Registry
+from ramo_stream.registry.model import torch_dtype
+from ramo_stream.registry.store import Registry
 from ramo_stream.serve.reward_admission import Admission, Throughput, estimate_tokens
 from ramo_stream.serve.reward_batching import (
     BatchItem,
@@ -128,7 +128,7 @@ class ModelPool:
         return True
 
     def _load(self, version: int) -> LoadedModel:
-        from ramo_stream.reward.model import load_reward_model
+        from ramo_stream.registry.model import load_reward_model
 
         folder = self.registry.local_dir(version, self.cache_dir)
         model, tokenizer = load_reward_model(folder, dtype=self.dtype)

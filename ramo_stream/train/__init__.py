@@ -1,1 +1,5 @@
-"""The continuous reward-model trainer on Ray Train."""
+"""Stage 4, train: ``LabeledPair`` records in, reward-model versions out (Ray Train).
+
+In: labels from the labels topic or a file (``sources``, ``data``). Out: versions published
+to the registry. Here: the worker loop (``loop``) and the driver that starts and stops it.
+"""

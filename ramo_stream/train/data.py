@@ -41,7 +41,7 @@ def parse_label(raw: bytes) -> LabeledPair | Rejection:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return Rejection(f"not a JSON line: {e}", raw)
     if isinstance(row, dict) and ("chosen" in row or "rejected" in row):
-        from ramo_stream.ingest import human_label, parse_line
+        from ramo_stream.stream.ingest import human_label, parse_line
 
         pair = parse_line(raw, "file")
         return pair if isinstance(pair, Rejection) else human_label(pair, raw)

@@ -116,7 +116,7 @@ def run_trainer(
     from ray.train.torch import TorchTrainer
 
     from ramo_stream.local_models import model_id, resolve
-    from ramo_stream.reward.registry import Registry
+    from ramo_stream.registry.store import Registry
     from ramo_stream.train.loop import train_worker
 
     t = settings.train

@@ -29,7 +29,7 @@ from typing import Any
 
 from ramo_stream.config import Settings
 from ramo_stream.core.loss import bradley_terry_loss
-from ramo_stream.reward.model import encode, format_text, load_reward_model, rewards
+from ramo_stream.registry.model import encode, format_text, load_reward_model, rewards
 from ramo_stream.schemas import DeadLetter, LabeledPair
 from ramo_stream.stream.dedup import SeenIds
 from ramo_stream.stream.serde import Rejection
@@ -102,7 +102,7 @@ class Worker:
         import torch
 
         from ramo_stream.config import load_settings
-        from ramo_stream.reward.registry import Registry
+        from ramo_stream.registry.store import Registry
 
         logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per connection
         self.settings: Settings = load_settings(overrides=config["settings"])

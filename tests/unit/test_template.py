@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from ramo_stream.grading.base import normalise
-from ramo_stream.grading.template import (
+from ramo_stream.label.grading.base import normalise
+from ramo_stream.label.grading.template import (
     TEMPLATE_VERSION,
     AnswerWordError,
     AnswerWords,
@@ -74,7 +74,7 @@ def test_template_has_a_version() -> None:
 
 
 def test_grader_without_chat_template_is_refused() -> None:
-    from ramo_stream.grading.template import check_grader_tokenizer
+    from ramo_stream.label.grading.template import check_grader_tokenizer
 
     tok = ChatMLTokenizer()
     tok.chat_template = "{{ chatml }}"  # type: ignore[attr-defined]
