@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from ramo_stream.config import load_settings
-from ramo_stream.core.rules import load_pool
+from ramo_stream.core.rules import NULL_RULE_ID, load_pool
 from ramo_stream.core.selection import aggregate, rule_scores, select_max_discrepancy
 from ramo_stream.core.stats import wilson_interval
 from ramo_stream.label.grading.transformers_backend import TransformersGrader
-from ramo_stream.label.labeler import NULL_RULE_ID, Labeler
+from ramo_stream.label.labeler import Labeler
 from ramo_stream.local_models import prepare
 from ramo_stream.schemas import ResponsePair
 from ramo_stream.stream.ingest import iter_lines, parse_line

@@ -42,7 +42,7 @@ def prompt_key(prompt: Any) -> str:
 
 def load(path: Path, n: int, every: int) -> tuple[list[Any], list[Any]]:
     """(train, held out) TrainPairs of the first ``n`` rows, held out by prompt hash."""
-    from ramo_stream.stream.serde import Rejection
+    from ramo_stream.schemas import Rejection
     from ramo_stream.train.data import parse_label, to_train_pair
 
     train, held = [], []

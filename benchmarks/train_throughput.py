@@ -34,7 +34,7 @@ from ramo_stream.core.loss import bradley_terry_loss
 from ramo_stream.local_models import KNOWN, prepare, resolve
 from ramo_stream.registry.model import encode, format_text, load_reward_model, rewards
 from ramo_stream.registry.store import Registry
-from ramo_stream.stream.serde import Rejection
+from ramo_stream.schemas import Rejection
 from ramo_stream.train.data import MicroBatcher, TrainPair, parse_label, to_train_pair
 
 RESULTS = Path(__file__).parent / "results"

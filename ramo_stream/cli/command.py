@@ -106,25 +106,12 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 def _ingest(path: Path, settings: Settings, bootstrap: str, **kw: Any) -> Any:
     from tqdm import tqdm
 
-    from ramo_stream.stream.ingest import count_lines, ingest_file
-    from ramo_stream.stream.kafka_io import TopicWriter, make_producer
+    from ramo_stream.stream.ingest import count_lines
+    from ramo_stream.stream.setup import ingest_path
 
     total = count_lines(path, kw.get("limit"))
-    producer = make_producer(bootstrap, settings.kafka)
-    topic = settings.topics.labels if kw.get("as_labels") else settings.topics.pairs
-    try:
-        with tqdm(total=total, desc=f"ingest {path.name}", unit="pair", file=sys.stderr) as bar:
-            report = ingest_file(
-                path,
-                TopicWriter(producer),
-                topic,
-                settings.topics.dlq,
-                on_line=lambda: bar.update(1),
-                **kw,
-            )
-    finally:
-        producer.close()
-    return report
+    with tqdm(total=total, desc=f"ingest {path.name}", unit="pair", file=sys.stderr) as bar:
+        return ingest_path(settings, bootstrap, path, on_line=lambda: bar.update(1), **kw)
 
 
 def _print_report(report: Any, settings: Settings, topic: str | None = None) -> None:
@@ -266,8 +253,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """The data plane alone: broker -> ingest the demo pairs -> the gate consumes them."""
     from ramo_stream.schemas import ResponsePair
     from ramo_stream.stream.broker import kafka_session
-    from ramo_stream.stream.kafka_io import TopicWriter, make_consumer, make_producer
-    from ramo_stream.stream.processor import StreamProcessor
+    from ramo_stream.stream.setup import stream_processor, topic_writer
 
     data = resources.files("ramo_stream") / "data"
     files = (
@@ -290,11 +276,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"broker: {bootstrap}")
         for f in files:
             _print_report(_ingest(f, settings, bootstrap), settings)
-        producer = make_producer(bootstrap, settings.kafka)
+        writer = topic_writer(settings, bootstrap)
         if not args.file:
             # Producers outside ramo can write anything; the gate, not only `ramo ingest`,
             # must turn junk into dead letters. Two such records show it.
-            writer = TopicWriter(producer)
             writer.send_bytes(settings.topics.pairs, b"\x00\x01 raw bytes, not JSON")
             writer.send_bytes(settings.topics.pairs, b'{"prompt": "hi", "response_a": "hello"}')
             writer.flush()
@@ -302,23 +287,23 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 f"sent 2 malformed records straight to {settings.topics.pairs} (as a "
                 "misbehaving producer would)"
             )
-        consumer = make_consumer(bootstrap, settings.kafka, "ramo-gate", settings.topics.pairs)
-        gate = StreamProcessor(
-            consumer, TopicWriter(producer, lambda: make_producer(bootstrap, settings.kafka)),
-            ResponsePair, show,
-            dlq_topic=settings.topics.dlq, stage="gate",
+        gate = stream_processor(
+            settings,
+            bootstrap,
+            group="ramo-gate",
+            topic=settings.topics.pairs,
+            model=ResponsePair,
+            handler=show,
+            stage="gate",
             max_in_flight=settings.kafka.max_in_flight,
-            dedup_window=settings.kafka.dedup_window,
-            retries=settings.kafka.handler_retries, backoff_s=settings.kafka.retry_backoff_s,
-            dlq_original_bytes=settings.topics.dlq_original_bytes,
-            spill_dir=settings.paths.dead_letters_dir,
-        )  # fmt: skip
+            writer=writer,
+        )
         print(f"gate: consuming {settings.topics.pairs} as group ramo-gate")
         try:
             stats = gate.run(idle_timeout_s=args.idle_timeout, until_caught_up=True)
         finally:
             gate.close()
-            producer.close()
+            writer.producer.close()
     print(
         f"gate: consumed {stats.handled}, duplicates dropped {stats.duplicates}, "
         f"dead-lettered {stats.dead_lettered}, commits {stats.commits}; committed offsets "

@@ -31,11 +31,9 @@ class EvalError(RuntimeError):
 
 
 def _registry(settings: Settings) -> Any:
-    from ramo_stream.registry.store import Registry
-    from ramo_stream.train.driver import registry_root
+    from ramo_stream.registry.setup import open_registry
 
-    return Registry(registry_root(settings), keep=settings.train.keep_versions,
-                    cache_dir=settings.paths.cache_dir / "registry-cache")  # fmt: skip
+    return open_registry(settings)
 
 
 def registry_versions(registry: Any, wanted: list[int], all_versions: bool) -> list[int]:

@@ -38,23 +38,6 @@ def selector_without_adapter(args: argparse.Namespace, settings: Settings) -> st
     return "random"
 
 
-def _labeler(settings: Settings, selector: str | None = None) -> Any:
-    from ramo_stream.core.rules import load_pool
-    from ramo_stream.label.grading.factory import make_grader
-    from ramo_stream.label.labeler import Labeler
-
-    labeling = settings.labeling.model_copy(
-        update={"selector": selector or settings.labeling.selector}
-    )
-    pool = load_pool(settings.paths.rule_pool)
-    adapter = None
-    if labeling.selector == "adapter":
-        from ramo_stream.label.rule_adapter.model import load_adapter
-
-        adapter = load_adapter(settings.paths.adapter_dir, pool)
-    return Labeler(make_grader(settings), pool, labeling, adapter)
-
-
 def _label(src: Path, out: Path, labeler: Any, settings: Settings, limit: int | None) -> Any:
     from tqdm import tqdm
 
@@ -71,8 +54,9 @@ def cmd_label(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: no such file: {args.input}", file=sys.stderr)
         return 2
     from ramo_stream.label.grading.factory import describe
+    from ramo_stream.label.setup import build_labeler
 
-    labeler = _labeler(settings, selector_without_adapter(args, settings))
+    labeler = build_labeler(settings, selector_without_adapter(args, settings))
     print(f"selector {labeler.settings.selector}: {labeler.calls_per_pair()} grader calls per pair;"
           f" {describe(labeler.grader)}", file=sys.stderr)  # fmt: skip
     r = _label(args.input, args.output, labeler, settings, args.limit)
@@ -98,7 +82,9 @@ def cmd_adapter_train(args: argparse.Namespace, settings: Settings) -> int:
     targets: Path = args.targets or settings.paths.cache_dir / "adapter_targets.jsonl"
     if args.pairs:
         # Full-pool grading gives the targets: the top-k rules by c_k for each pair.
-        labeler = _labeler(settings, selector="max-discrepancy")
+        from ramo_stream.label.setup import build_labeler
+
+        labeler = build_labeler(settings, selector="max-discrepancy")
         print(f"grading the full pool ({labeler.calls_per_pair()} calls per pair) for targets"
               f" -> {targets}", file=sys.stderr)  # fmt: skip
         _label(args.pairs, targets, labeler, settings, args.limit)

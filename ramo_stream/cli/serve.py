@@ -6,37 +6,20 @@ import argparse
 import json
 import logging
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+from ramo_stream.cli.ports import port_problem
 from ramo_stream.config import Settings, flat_settings
 
 APP_NAME = "reward"
 
 
-def _port_free(host: str, port: int) -> str | None:
-    """None if ``host:port`` can be bound, else why not."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError as e:
-            return str(e)
-    return None
-
-
 def _registry(settings: Settings) -> Any:
-    from ramo_stream.registry.store import Registry
-    from ramo_stream.train.driver import registry_root
+    from ramo_stream.registry.setup import open_registry
 
-    return Registry(
-        registry_root(settings),
-        keep=settings.train.keep_versions,
-        cache_dir=settings.paths.cache_dir / "registry-cache",
-    )
+    return open_registry(settings)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,7 +30,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    problem = _port_free(s.host, s.port)
+    problem = port_problem(s.host, s.port)
     if problem:
         print(f"error: cannot bind {s.host}:{s.port} ({problem}); stop what holds it or pass"
               " --serve-port", file=sys.stderr)  # fmt: skip

@@ -51,11 +51,10 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
     from ramo_stream.core.stats import MIN_HELDOUT, accuracy_with_interval
-    from ramo_stream.registry.store import Registry
-    from ramo_stream.train.driver import registry_root
+    from ramo_stream.registry.setup import open_registry
 
-    root = registry_root(settings)
-    registry = Registry(root, keep=settings.train.keep_versions)
+    registry = open_registry(settings)
+    root = registry.root
     versions = registry.versions()
     if not versions:
         print(f"no versions in {root} yet: `ramo train` publishes them")

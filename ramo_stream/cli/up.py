@@ -24,7 +24,7 @@ def _with_defaults(args: argparse.Namespace, settings: Settings, extra: dict[str
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from ramo_stream.cli.serve import _port_free
+    from ramo_stream.cli.ports import port_problem
     from ramo_stream.cli.up_loop import DEMO_SETTINGS, UpOptions, demo_files, run_up
     from ramo_stream.local_models import KNOWN, prepare
 
@@ -41,7 +41,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = settings.serve
-    problem = _port_free(s.host, s.port)
+    problem = port_problem(s.host, s.port)
     if problem:
         print(f"error: cannot bind {s.host}:{s.port} ({problem}); stop what holds it or pass"
               " --serve-port", file=sys.stderr)  # fmt: skip

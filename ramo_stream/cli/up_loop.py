@@ -201,12 +201,11 @@ class LiveView:
 
     def __init__(self, settings: Settings, bootstrap: str, url: str, out: TextIO,
                  heartbeat_s: float = 30.0) -> None:  # fmt: skip
-        from ramo_stream.registry.store import Registry
+        from ramo_stream.registry.setup import open_registry
         from ramo_stream.stream.kafka_io import make_consumer
-        from ramo_stream.train.driver import registry_root
 
         self.settings, self.url, self.out = settings, url, out
-        self.registry = Registry(registry_root(settings))
+        self.registry = open_registry(settings)
         # No group, no commits: it only reads high watermarks. make_consumer carries the
         # kafka.* security settings, as every client of the project does.
         self.consumer = make_consumer(bootstrap, settings.kafka, None,
@@ -219,31 +218,9 @@ class LiveView:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _topic_sizes(self, topics: list[str], polls: int = 10) -> dict[str, int]:
-        """Records on each topic (all partitions), read from fetch high watermarks.
+        from ramo_stream.stream.kafka_io import topic_sizes
 
-        end_offsets() alone is not enough: tansu answers it with the base offset of the
-        last record batch. So each partition is read from there once, and the fetch
-        response's high watermark is the true end. ``polls`` x 100 ms bounds the wait.
-        """
-        from kafka import TopicPartition
-
-        tps = [TopicPartition(t, p) for t in topics
-               for p in sorted(self.consumer.partitions_for_topic(t) or [])]  # fmt: skip
-        # A fresh assignment forgets the last sample's high watermarks, so the loop
-        # below waits for this sample's own fetch instead of reading a stale one.
-        self.consumer.unsubscribe()
-        self.consumer.assign(tps)
-        ends = self.consumer.end_offsets(tps)
-        for tp, end in ends.items():
-            self.consumer.seek(tp, end)
-        for _ in range(polls):
-            self.consumer.poll(timeout_ms=100, max_records=1)
-            if all(self.consumer.highwater(tp) is not None for tp in tps):
-                break
-        sizes = dict.fromkeys(topics, 0)
-        for tp in tps:
-            sizes[tp.topic] += max(ends[tp], self.consumer.highwater(tp) or 0)
-        return sizes
+        return topic_sizes(self.consumer, topics, polls)
 
     def _scored(self) -> int:
         import httpx
@@ -363,19 +340,13 @@ class UpOptions:
 
 def _ingest(settings: Settings, bootstrap: str, files: tuple[Path, ...], limit: int | None,
             stop: threading.Event, _finish: threading.Event) -> list[Any]:  # fmt: skip
-    from ramo_stream.stream.ingest import ingest_file
-    from ramo_stream.stream.kafka_io import TopicWriter, make_producer
+    from ramo_stream.stream.setup import ingest_path
 
-    producer = make_producer(bootstrap, settings.kafka)
     reports = []
-    try:
-        for path in files:
-            if stop.is_set():
-                break
-            reports.append(ingest_file(path, TopicWriter(producer), settings.topics.pairs,
-                                       settings.topics.dlq, limit=limit))  # fmt: skip
-    finally:
-        producer.close()
+    for path in files:
+        if stop.is_set():
+            break
+        reports.append(ingest_path(settings, bootstrap, path, limit=limit))
     return reports
 
 

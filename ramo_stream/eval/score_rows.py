@@ -12,7 +12,12 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from ramo_stream.schemas import MAX_TEXT_CHARS, Prompt, describe_validation_error
+from ramo_stream.schemas import (
+    MAX_TEXT_CHARS,
+    Prompt,
+    describe_validation_error,
+    rewardbench_missing,
+)
 
 T = TypeVar("T")
 
@@ -55,7 +60,11 @@ def parse_row(line: int, raw: str) -> Row | str:
 
 def row_from(line: int, d: dict[str, Any]) -> Row | str:
     """A Row from a line's JSON object, or the reason it cannot be scored."""
-    keys = ["chosen", "rejected"] if ("chosen" in d or "rejected" in d) else ["response"]
+    rewardbench = "chosen" in d or "rejected" in d
+    problem = rewardbench_missing(d)
+    if problem:
+        return f"line {line}: {problem}"
+    keys = ["chosen", "rejected"] if rewardbench else ["response"]
     missing = [k for k in ["prompt", *keys] if k not in d]
     if missing:
         return (

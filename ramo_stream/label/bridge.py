@@ -20,8 +20,9 @@ from typing import Any
 from ramo_stream.config import Settings
 from ramo_stream.schemas import LabeledPair, ResponsePair
 from ramo_stream.stream.dedup import OutputLedger
-from ramo_stream.stream.kafka_io import TopicWriter, make_consumer, make_producer
+from ramo_stream.stream.kafka_io import make_consumer
 from ramo_stream.stream.processor import Message, StreamProcessor
+from ramo_stream.stream.setup import stream_processor, topic_writer
 
 GROUP = "ramo-labeler"
 
@@ -29,7 +30,7 @@ GROUP = "ramo-labeler"
 def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProcessor[ResponsePair]:
     """``labeler``: a handle to LabelerDeployment (anything with ``label.remote(...)``)."""
     kafka = settings.kafka
-    writer = TopicWriter(make_producer(bootstrap, kafka), lambda: make_producer(bootstrap, kafka))
+    writer = topic_writer(settings, bootstrap)
     labels_topic = settings.topics.labels
     ledger = OutputLedger(
         labels_topic, lambda: make_consumer(bootstrap, kafka, None), capacity=kafka.dedup_window
@@ -55,17 +56,15 @@ def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProce
             writer.send(labels_topic, lp, key=lp.pair_id)
         writer.flush()  # acknowledged before the processor commits the pairs' offsets
 
-    def consumer() -> Any:
-        return make_consumer(bootstrap, kafka, GROUP, settings.topics.pairs,
-                             max_poll_records=settings.labeling.pair_batch)  # fmt: skip
-
-    return StreamProcessor(
-        consumer(), writer, ResponsePair, handle,
-        dlq_topic=settings.topics.dlq, stage="labeler",
+    return stream_processor(
+        settings,
+        bootstrap,
+        group=GROUP,
+        topic=settings.topics.pairs,
+        model=ResponsePair,
+        handler=handle,
+        stage="labeler",
         max_in_flight=settings.labeling.pair_batch,
-        dedup_window=kafka.dedup_window,
-        retries=kafka.handler_retries, backoff_s=kafka.retry_backoff_s,
-        ledger=ledger, make_consumer=consumer,
-        dlq_original_bytes=settings.topics.dlq_original_bytes,
-        spill_dir=settings.paths.dead_letters_dir,
-    )  # fmt: skip
+        writer=writer,
+        ledger=ledger,
+    )

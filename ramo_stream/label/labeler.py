@@ -19,19 +19,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ramo_stream.config import LabelingSettings
-from ramo_stream.core.rules import RESERVED_IDS, RulePool
+from ramo_stream.core.rules import NULL_RULE_ID, RulePool
 from ramo_stream.core.selection import (
     aggregate,
-    rule_scores,
+    calibrated_scores,
     select_max_discrepancy,
     select_random,
 )
 from ramo_stream.label.grading.base import AnswerProbs, Grader, GradeRequest
 from ramo_stream.label.grading.template import NULL_RULE
 from ramo_stream.schemas import LabeledPair, ResponsePair, RuleJudgment
-
-NULL_RULE_ID = "null-rule"
-assert NULL_RULE_ID in RESERVED_IDS  # no pool rule can take this id
 
 
 class RulePredictor(Protocol):
@@ -129,9 +126,7 @@ class Labeler:
                         p_irrelevant=a.p_irrelevant,
                     )
                 )
-        rule_js = [j for j in judgments if j.rule_id != NULL_RULE_ID]
-        baseline = {j.side: j.score for j in judgments if j.rule_id == NULL_RULE_ID}
-        scores = rule_scores(rule_js, baseline.get("a", 0.0), baseline.get("b", 0.0))
+        scores = calibrated_scores(judgments)
         if s.selector == "max-discrepancy":
             selected = select_max_discrepancy(scores, s.k, s.gamma)
         else:

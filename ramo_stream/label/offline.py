@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ramo_stream.label.labeler import Labeler
-from ramo_stream.schemas import ResponsePair
+from ramo_stream.schemas import Rejection, ResponsePair
 from ramo_stream.stream.ingest import LineReport, iter_lines, parse_file, source_name
-from ramo_stream.stream.serde import Rejection
 
 
 def done_ids(out: Path) -> set[str]:

@@ -133,17 +133,11 @@ class LabelerDeployment:
         self.labeler: Any = None
 
     def _build(self) -> Any:
-        from ramo_stream.core.rules import load_pool
-        from ramo_stream.label.labeler import Labeler
+        from ramo_stream.label.setup import build_labeler
 
-        settings = self.args.settings()
+        # The adapter handle exists exactly when the selector is ``adapter`` (build_app).
         adapter = _RemoteAdapter(self.adapter_handle) if self.adapter_handle else None
-        return Labeler(
-            _RemoteGrader(self.grader_handle),
-            load_pool(settings.paths.rule_pool),
-            settings.labeling,
-            adapter,
-        )
+        return build_labeler(self.args.settings(), None, _RemoteGrader(self.grader_handle), adapter)
 
     def _label(self, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.labeler is None:

@@ -3,5 +3,6 @@
 In: a trained reward model (weights, tokenizer, metrics) from the trainer or ``ramo models
 publish``. Out: numbered immutable versions, their manifests and the CURRENT pointer
 (``store``); the reward model's one input format, load and save (``model``); the served
-model's features for the selection gate (``features``).
+model's features for the selection gate (``features``). Opened from settings by
+``setup.open_registry``.
 """

@@ -19,7 +19,7 @@ from typing import Any
 
 from ramo_stream.config import Settings
 from ramo_stream.registry.model import encode, format_text, load_reward_model
-from ramo_stream.registry.store import Registry
+from ramo_stream.registry.setup import open_registry
 from ramo_stream.schemas import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,7 @@ class ServedModel:
 
     def __init__(self, settings: Settings, registry_root: str | None = None) -> None:
         self.settings = settings
-        # As train.driver.registry_root, without importing the trainer's stage.
-        root = registry_root or settings.train.registry or str(settings.paths.registry_dir)
-        self.registry = Registry(root, cache_dir=settings.paths.cache_dir / "registry-cache")
+        self.registry = open_registry(settings, registry_root)
         self.version: int | None = None
         self.featurizer: Any = None
         self._checked = 0.0

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from ray import serve
 
 from ramo_stream.registry.model import torch_dtype
+from ramo_stream.registry.setup import open_registry
 from ramo_stream.registry.store import Registry
 from ramo_stream.serve.reward_admission import Admission, Throughput, estimate_tokens
 from ramo_stream.serve.reward_batching import (
@@ -167,16 +168,10 @@ class RewardModelServer:
     def __init__(self, args: Any) -> None:  # RewardAppArgs (reward_app imports this module)
         import torch
 
-        from ramo_stream.train.driver import registry_root
-
         settings = args.settings()
         s = settings.serve
         self.metrics = ReplicaMetrics()
-        registry = Registry(
-            registry_root(settings),
-            keep=settings.train.keep_versions,
-            cache_dir=settings.paths.cache_dir / "registry-cache",
-        )
+        registry = open_registry(settings)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.max_length, self.batch_tokens = s.max_length, s.forward_tokens(device)
         self.pass_overhead = s.pass_overhead(device)

@@ -34,7 +34,7 @@ from typing import Any
 from ramo_stream.config import Settings
 from ramo_stream.core.fisher import Budget, FisherInfo, select_window
 from ramo_stream.schemas import ResponsePair
-from ramo_stream.stream.kafka_io import TopicWriter, make_consumer, make_producer
+from ramo_stream.stream.kafka_io import TopicWriter
 from ramo_stream.stream.processor import Message, StreamProcessor
 
 log = logging.getLogger(__name__)
@@ -150,20 +150,23 @@ def make_gate(
     registry's ``ServedModel`` (``registry.features``), passed in so this stage does not
     import a later one."""
     from ramo_stream.stream.broker import ensure_topics
+    from ramo_stream.stream.setup import stream_processor, topic_writer
 
     s, t = settings.select, settings.topics
     ensure_topics(bootstrap, t, [t.pairs, t.selected, t.skipped, t.dlq])
-    writer = TopicWriter(make_producer(bootstrap, settings.kafka))
+    writer = topic_writer(settings, bootstrap)
     gate = SelectionGate(settings, writer, model)
-    consumer = make_consumer(bootstrap, settings.kafka, s.group, settings.topics.pairs,
-                             max_poll_records=s.max_in_flight)  # fmt: skip
-    processor = StreamProcessor(
-        consumer, writer, ResponsePair, gate.handle,
-        dlq_topic=settings.topics.dlq, stage="select",
+    processor = stream_processor(
+        settings,
+        bootstrap,
+        group=s.group,
+        topic=t.pairs,
+        model=ResponsePair,
+        handler=gate.handle,
+        stage="select",
         max_in_flight=s.max_in_flight,
-        dedup_window=settings.kafka.dedup_window,
-        retries=settings.kafka.handler_retries, backoff_s=settings.kafka.retry_backoff_s,
-    )  # fmt: skip
+        writer=writer,
+    )
     return processor, gate
 
 

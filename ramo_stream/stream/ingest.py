@@ -26,11 +26,12 @@ from ramo_stream.schemas import (
     MAX_ID_CHARS,
     DeadLetter,
     LabeledPair,
+    Rejection,
     ResponsePair,
     describe_validation_error,
+    rewardbench_missing,
 )
 from ramo_stream.stream.kafka_io import TopicWriter
-from ramo_stream.stream.serde import Rejection
 
 
 def _a_is_chosen(prompt: Any, chosen: Any, rejected: Any) -> bool:
@@ -65,9 +66,9 @@ def parse_line(raw: bytes, source: str) -> ResponsePair | Rejection:
         return Rejection(f"expected a JSON object, got {type(row).__name__}", raw)
     try:
         if "chosen" in row or "rejected" in row:
-            missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
-            if missing:
-                return Rejection(f"RewardBench row is missing {missing}", raw)
+            problem = rewardbench_missing(row)
+            if problem:
+                return Rejection(problem, raw)
             row = from_rewardbench(row, source)
         else:
             row.setdefault("source", source)

@@ -182,3 +182,30 @@ def read_topic(
             break
     c.close()
     return out
+
+
+def topic_sizes(consumer: Any, topics: list[str], polls: int = 10) -> dict[str, int]:
+    """Records on each topic (all partitions), read from fetch high watermarks by a
+    group-less ``consumer``, which this reassigns.
+
+    end_offsets() alone is not enough: tansu answers it with the base offset of the
+    last record batch. So each partition is read from there once, and the fetch
+    response's high watermark is the true end. ``polls`` x 100 ms bounds the wait.
+    """
+    tps = [TopicPartition(t, p) for t in topics
+           for p in sorted(consumer.partitions_for_topic(t) or [])]  # fmt: skip
+    # A fresh assignment forgets the last sample's high watermarks, so the loop
+    # below waits for this sample's own fetch instead of reading a stale one.
+    consumer.unsubscribe()
+    consumer.assign(tps)
+    ends = consumer.end_offsets(tps)
+    for tp, end in ends.items():
+        consumer.seek(tp, end)
+    for _ in range(polls):
+        consumer.poll(timeout_ms=100, max_records=1)
+        if all(consumer.highwater(tp) is not None for tp in tps):
+            break
+    sizes = dict.fromkeys(topics, 0)
+    for tp in tps:
+        sizes[tp.topic] += max(ends[tp], consumer.highwater(tp) or 0)
+    return sizes

@@ -31,12 +31,12 @@ from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 
-from ramo_stream.schemas import DEAD_LETTER_ORIGINAL_BYTES, DeadLetter
+from ramo_stream.schemas import DEAD_LETTER_ORIGINAL_BYTES, DeadLetter, Rejection
 from ramo_stream.stream.dead_letters import make_letter
 from ramo_stream.stream.dedup import OutputLedger, SeenIds, content_digest
 from ramo_stream.stream.health import BrokerTrouble, Health, is_broker_error
 from ramo_stream.stream.kafka_io import TopicWriter
-from ramo_stream.stream.serde import Rejection, decode
+from ramo_stream.stream.serde import decode
 
 log = logging.getLogger(__name__)
 

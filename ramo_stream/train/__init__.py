@@ -1,5 +1,6 @@
 """Stage 4, train: ``LabeledPair`` records in, reward-model versions out (Ray Train).
 
 In: labels from the labels topic or a file (``sources``, ``data``). Out: versions published
-to the registry. Here: the worker loop (``loop``) and the driver that starts and stops it.
+to the registry. Here: the worker loop (``loop``) and the driver that starts and stops it
+(``driver.run_trainer``, the stage built from settings).
 """

@@ -19,8 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ramo_stream.schemas import ChatMessage, LabeledPair, describe_validation_error
-from ramo_stream.stream.serde import Rejection
+from ramo_stream.schemas import ChatMessage, LabeledPair, Rejection, describe_validation_error
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,8 @@ from typing import Any
 from ramo_stream.config import Settings
 from ramo_stream.core.loss import bradley_terry_loss
 from ramo_stream.registry.model import encode, format_text, load_reward_model, rewards
-from ramo_stream.schemas import DeadLetter, LabeledPair
+from ramo_stream.schemas import DeadLetter, LabeledPair, Rejection
 from ramo_stream.stream.dedup import SeenIds
-from ramo_stream.stream.serde import Rejection
 from ramo_stream.train.data import MicroBatcher, TrainPair, is_heldout, parse_label, to_train_pair
 from ramo_stream.train.sources import LabelSource, Positions, Record
 
@@ -102,7 +101,7 @@ class Worker:
         import torch
 
         from ramo_stream.config import load_settings
-        from ramo_stream.registry.store import Registry
+        from ramo_stream.registry.setup import open_registry
 
         logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per connection
         self.settings: Settings = load_settings(overrides=config["settings"])
@@ -114,11 +113,7 @@ class Worker:
         torch.manual_seed(self.t.seed)
         self.rng = random.Random(self.t.seed + self.rank)
 
-        self.registry = Registry(
-            config["registry"],
-            keep=self.t.keep_versions,
-            cache_dir=self.settings.paths.cache_dir / "registry-cache",  # for URI roots
-        )
+        self.registry = open_registry(self.settings, config["registry"])
         self.start = self.registry.current()
         init_path = self.registry.current_dir() if self.start else config["backbone"]
         self.base_model = (

@@ -19,9 +19,8 @@ from ramo_stream.label.grading.base import AnswerProbs, GradeRequest
 from ramo_stream.label.grading.template import NULL_RULE
 from ramo_stream.label.labeler import Labeler
 from ramo_stream.label.offline import done_ids, label_file
-from ramo_stream.schemas import LabeledPair, ResponsePair
+from ramo_stream.schemas import LabeledPair, Rejection, ResponsePair
 from ramo_stream.stream.ingest import parse_line
-from ramo_stream.stream.serde import Rejection
 
 POOL = RulePool.model_validate(
     {

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ramo_stream.core.selection import aggregate, rule_scores, topk_recall
-from ramo_stream.label.labeler import NULL_RULE_ID
+from ramo_stream.core.rules import NULL_RULE_ID
+from ramo_stream.core.selection import aggregate, calibrated_scores, topk_recall
 from ramo_stream.label.rule_adapter.model import AdapterPredictor
 from ramo_stream.schemas import LabeledPair, ResponsePair
 
@@ -68,11 +68,10 @@ def gold_agreement(
         hits = n = 0
         for lp, selected in zip(held, per_pair, strict=True):
             gold = lp.pair.metadata.get("gold")
-            null = {j.side: j.score for j in lp.judgments if j.rule_id == NULL_RULE_ID}
-            if gold not in ("a", "b") or set(null) != {"a", "b"}:
+            calibrated = {j.side for j in lp.judgments if j.rule_id == NULL_RULE_ID}
+            if gold not in ("a", "b") or calibrated != {"a", "b"}:
                 continue
-            rules = [j for j in lp.judgments if j.rule_id != NULL_RULE_ID]
-            label = aggregate(rule_scores(rules, null["a"], null["b"]), selected, epsilon)
+            label = aggregate(calibrated_scores(lp.judgments), selected, epsilon)
             hits, n = hits + int(label.preferred == gold), n + 1
         out[name] = (hits, n)
     return out
