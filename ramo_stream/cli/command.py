@@ -245,9 +245,8 @@ def _render(value: bytes | None, is_dlq: bool) -> str:
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     """Print a topic's records without joining a consumer group (commits nothing)."""
-    from kafka import TopicPartition
-
     from ramo_stream.stream.broker import kafka_session
+    from ramo_stream.stream.clients import TopicPartition
     from ramo_stream.stream.kafka_io import make_consumer
 
     topic = _topic_name(args.topic, settings)

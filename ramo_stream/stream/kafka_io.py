@@ -13,10 +13,10 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
-from kafka.producer.future import FutureRecordMetadata
 
 from ramo_stream.config import KafkaSettings
 from ramo_stream.schemas import DeadLetter
+from ramo_stream.stream.clients import Producer, SendResult
 from ramo_stream.stream.serde import encode
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,10 @@ class TopicWriter:
     (an unknown or fenced producer id is fatal to kafka-python's idempotent producer).
     """
 
-    def __init__(
-        self, producer: KafkaProducer, factory: Callable[[], KafkaProducer] | None = None
-    ) -> None:
+    def __init__(self, producer: Producer, factory: Callable[[], Producer] | None = None) -> None:
         self.producer = producer
         self.factory = factory
-        self._pending: list[tuple[str, bytes | None, FutureRecordMetadata]] = []
+        self._pending: list[tuple[str, bytes | None, SendResult]] = []
         self._last_acked = 0
         self.on_ack: Callable[[str, bytes | None], None] | None = None
         """Called with (topic, key) for each send that ``flush`` finds acknowledged."""

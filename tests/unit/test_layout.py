@@ -85,3 +85,28 @@ def test_the_check_sees_a_backward_import(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from ramo_stream.serve.reward_app import build_app\n")
     assert _imports(f) == [(2, "ramo_stream.serve.reward_app")]
+
+
+# kafka-python stays behind the protocols of stream/clients.py: the stages see a Consumer
+# and a Producer, and only these modules build or inspect the real clients.
+KAFKA_MODULES = {"stream/clients.py", "stream/kafka_io.py", "stream/health.py", "stream/broker.py"}
+
+
+def test_only_the_stream_client_modules_import_kafka() -> None:
+    wrong = []
+    for path, _ in _modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            rel = str(path.relative_to(PACKAGE))
+            if any(n == "kafka" or n.startswith("kafka.") for n in names) and (
+                rel not in KAFKA_MODULES
+            ):
+                wrong.append(f"{rel}:{node.lineno}")
+    assert not wrong, f"kafka-python imported outside {sorted(KAFKA_MODULES)}: {wrong}"
