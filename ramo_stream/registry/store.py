@@ -36,136 +36,28 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from pydantic import ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from ramo_stream.schemas import _Record, describe_validation_error
+from ramo_stream.registry.durable import fsync_dir, fsync_tree, write_durable
+from ramo_stream.registry.manifest import (
+    _SET_BY_PUBLISH,
+    MANIFEST,
+    Manifest,
+    RegistryError,
+    _parse_manifest,
+    _parse_name,
+    holds,
+    version_name,
+)
+from ramo_stream.schemas import describe_validation_error
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 POINTER = "CURRENT"
 STALE_TMP_S = 3600.0  # a stage or pointer temp file this old belongs to a writer that died
-_VERSION_DIR = re.compile(r"^v(\d{6,})$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-_SET_BY_PUBLISH = ("schema_version", "version", "parent_version", "created_at")
-
-NonNegative = Annotated[int, Field(ge=0)]
-
-
-def version_name(version: int) -> str:
-    """Folder name of a version: ``v000042``."""
-    return f"v{version:06d}"
-
-
-def _parse_name(name: str) -> int | None:
-    m = _VERSION_DIR.match(name)
-    if m is None:
-        return None
-    n = int(m.group(1))
-    return n if n >= 1 and version_name(n) == name else None
-
-
-class RegistryError(RuntimeError):
-    """The registry cannot do what was asked; the message names the path and the fix."""
-
-
-class Manifest(_Record):
-    """What a version is: its lineage, how much it was trained, and where the stream stands."""
-
-    # NaN/inf metrics (a diverged loss) are written as NaN/Infinity so they read back as floats.
-    model_config = ConfigDict(
-        strict=True, extra="forbid", frozen=True, ser_json_inf_nan="constants", allow_inf_nan=True
-    )
-
-    version: int = Field(ge=1, description="This version's number; its folder is v{version:06d}.")
-    parent_version: int | None = Field(
-        ge=1, description="The version that was CURRENT when this one was published."
-    )
-    created_at: datetime = Field(strict=False, description="When it was published (UTC).")
-    steps: NonNegative = Field(description="Optimizer steps in total since the lineage began.")
-    samples_seen: NonNegative = Field(description="Training pairs consumed in total.")
-    offsets: dict[str, dict[NonNegative, NonNegative]] = Field(
-        description="Source (topic name, or 'file:<path>') -> partition -> next offset to read."
-    )
-    metrics: dict[str, float] = Field(
-        default_factory=dict, description="For example loss_ema, lr, samples_per_s."
-    )
-    heldout_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
-    heldout_size: NonNegative = Field(default=0, description="Pairs behind heldout_accuracy.")
-    base_model: str = Field(min_length=1, description="Backbone the lineage started from.")
-    rule_pool_hash: str | None = None
-    grader: str | None = Field(default=None, description="Grader model id of the labels.")
-    template_version: str | None = None
-    settings: dict[str, JsonValue] = Field(
-        default_factory=dict, description="Trainer settings that produced it."
-    )
-
-    @field_validator("created_at")
-    @classmethod
-    def _utc(cls, v: datetime) -> datetime:
-        if v.tzinfo is None:
-            raise ValueError("must carry a timezone (for example datetime.now(UTC))")
-        return v.astimezone(UTC)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Manifest:
-        if self.parent_version is not None and self.parent_version >= self.version:
-            raise ValueError(
-                f"parent_version {self.parent_version} must be lower than version {self.version}"
-            )
-        if self.heldout_accuracy is not None and self.heldout_size == 0:
-            raise ValueError("heldout_accuracy is set but heldout_size is 0; pass heldout_size")
-        return self
-
-
-def _parse_manifest(data: bytes, where: str) -> Manifest:
-    try:
-        return Manifest.model_validate_json(data)
-    except ValidationError as e:
-        raise RegistryError(
-            f"{where} is not a valid registry manifest: {describe_validation_error(e)}. It is"
-            " damaged or was not written by this registry; restore it, or delete its version"
-            " folder."
-        ) from e
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(folder))
-
-
-def _holds(folder: Path, manifest: Manifest) -> bool:
-    """Whether a cached download is this version (a cache shared with another registry, or a
-    lineage started over, may hold a different folder of the same name)."""
-    try:
-        return Manifest.model_validate_json((folder / MANIFEST).read_bytes()) == manifest
-    except (OSError, ValidationError):
-        return False
 
 
 def _now() -> datetime:
@@ -327,7 +219,7 @@ class Registry:
             return self.path(version)
         name = version_name(version)
         dest = Path(cache) / name
-        if _holds(dest, manifest):
+        if holds(dest, manifest):
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=dest.parent))
@@ -349,7 +241,7 @@ class Registry:
                     f"version {version} was deleted from {self.root} while it was downloaded"
                     f" (retention keeps {self.keep}); read current() again"
                 )
-            if _holds(dest, manifest):  # another reader (a second rank) finished first
+            if holds(dest, manifest):  # another reader (a second rank) finished first
                 return dest
             if dest.exists():  # a stale copy: move it aside whole, then delete it
                 stale = dest.parent / f".tmp-stale-{name}-{uuid.uuid4().hex}"
@@ -358,7 +250,7 @@ class Registry:
             try:
                 os.rename(tmp, dest)
             except OSError:
-                if not _holds(dest, manifest):
+                if not holds(dest, manifest):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -430,9 +322,9 @@ class Registry:
 
     def _commit(self, stage: Path, name: str, manifest: bytes) -> None:
         if self._fs is None:
-            _fsync_tree(stage)
-            _write_durable(stage / MANIFEST, manifest)
-            _fsync_dir(stage)
+            fsync_tree(stage)
+            write_durable(stage / MANIFEST, manifest)
+            fsync_dir(stage)
             dest = self._local / name
             if dest.exists():  # os.rename would silently replace an empty folder
                 raise RegistryError(
@@ -440,7 +332,7 @@ class Registry:
                     " Only one process (the trainer's rank 0) may publish."
                 )
             os.rename(stage, dest)
-            _fsync_dir(self._local)
+            fsync_dir(self._local)
             return
         pafs = self._arrow()
         dest_uri = f"{self._base}/{name}"
@@ -463,9 +355,9 @@ class Registry:
     def _write_pointer(self, data: bytes) -> None:
         tmp = f"{POINTER}.tmp-{uuid.uuid4().hex}"
         if self._fs is None:
-            _write_durable(self._local / tmp, data)
+            write_durable(self._local / tmp, data)
             os.replace(self._local / tmp, self._local / POINTER)
-            _fsync_dir(self._local)
+            fsync_dir(self._local)
             return
         pafs = self._arrow()
         if isinstance(self._fs, pafs.LocalFileSystem):  # file:// writes in place: rename instead

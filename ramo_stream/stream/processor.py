@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -39,6 +38,7 @@ from ramo_stream.stream.dead_letters import make_letter
 from ramo_stream.stream.dedup import OutputLedger, SeenIds, content_digest
 from ramo_stream.stream.health import BrokerTrouble, Health, is_broker_error
 from ramo_stream.stream.kafka_io import TopicWriter
+from ramo_stream.stream.messages import Handler, Message, ProcessorStats, describe_error
 from ramo_stream.stream.serde import decode
 
 log = logging.getLogger(__name__)
@@ -49,46 +49,6 @@ R = TypeVar("R", bound=BaseModel)
 
 MAX_BACKOFF_S = 30.0
 REBUILD_CONSUMER_AFTER = 3  # consecutive broker failures before the consumer is rebuilt too
-
-
-@dataclass(frozen=True)
-class Message(Generic[R]):
-    """A decoded record and where it came from."""
-
-    record: R
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    raw: bytes
-
-
-Handler = Callable[[list[Message[R]]], None]
-"""Processes a batch; returns only after its downstream writes are acknowledged."""
-
-
-@dataclass
-class ProcessorStats:
-    polled: int = 0
-    handled: int = 0
-    duplicates: int = 0
-    conflicts: int = 0
-    already_written: int = 0
-    dead_lettered: int = 0
-    undeliverable: int = 0
-    commits: int = 0
-    committed: dict[tuple[str, int], int] = field(default_factory=dict)
-    health: Health = field(default_factory=Health)
-
-
-def describe_error(e: BaseException) -> str:
-    """'Type: message' of a handler's error. An error raised in a Ray task (the labeler's
-    deployment) carries the remote traceback in its text, which would push the message out
-    of a dead letter's reason; its ``cause`` is the error itself."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, BaseException):
-        e = cause
-    return f"{type(e).__name__}: {e}"
 
 
 class StreamProcessor(Generic[R]):

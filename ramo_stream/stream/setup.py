@@ -13,7 +13,8 @@ from ramo_stream.config import Settings
 from ramo_stream.stream.dedup import OutputLedger
 from ramo_stream.stream.ingest import IngestReport, ingest_file
 from ramo_stream.stream.kafka_io import TopicWriter, make_consumer, make_producer
-from ramo_stream.stream.processor import Handler, StreamProcessor
+from ramo_stream.stream.messages import Handler
+from ramo_stream.stream.processor import StreamProcessor
 
 R = TypeVar("R", bound=BaseModel)
 

@@ -156,7 +156,7 @@ def test_refusals_are_typed_with_the_services_message(service: tuple[str, int]) 
 def test_ramo_score_prints_rewards_and_accuracy(
     service: tuple[str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ramo_stream.cli import command as cli
+    from ramo_stream.cli import flags as cli
     from ramo_stream.cli import score as cli_score
 
     url, version = service

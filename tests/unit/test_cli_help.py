@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from ramo_stream.cli.command import COMMAND_SECTIONS, _settings_from, build_parser
+from ramo_stream.cli.command import build_parser
+from ramo_stream.cli.flags import COMMAND_SECTIONS, _settings_from
 from ramo_stream.config import settings_fields
 
 SECTIONS = sorted({key.split(".", 1)[0] for key, _, _, _ in settings_fields()})
