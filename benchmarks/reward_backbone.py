@@ -60,7 +60,7 @@ def heldout(model: Any, tok: Any, pairs: list[Any], settings: Any) -> tuple[int,
     """(correct, scoring items/s) on the held-out pairs, scored as the service scores."""
     import torch
 
-    from ramo_stream.serve.reward_batching import BatchItem, LoadedModel, score_items
+    from ramo_stream.registry.scoring import BatchItem, LoadedModel, score_items
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one reward replica = one CPU = one torch thread

@@ -291,7 +291,7 @@ def load_local(folder: Path, version: int, settings: Any) -> Any:
     import torch
 
     from ramo_stream.registry.model import load_reward_model, torch_dtype
-    from ramo_stream.serve.reward_batching import LoadedModel, model_max_length
+    from ramo_stream.registry.scoring import LoadedModel, model_max_length
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load_reward_model(folder, dtype=torch_dtype(settings.serve.dtype, device))
@@ -307,8 +307,8 @@ def score_local(
     ``serve.batch_tokens``, the last ``serve.max_length`` tokens of each item)."""
     from pydantic import TypeAdapter
 
+    from ramo_stream.registry.scoring import BatchItem, score_items
     from ramo_stream.schemas import Prompt
-    from ramo_stream.serve.reward_batching import BatchItem, score_items
 
     prompts = TypeAdapter(Prompt)  # the service's input type: chat messages as ChatMessage
     items: list[BatchItem] = []

@@ -31,16 +31,11 @@ from typing import Any, NamedTuple
 from ray import serve
 
 from ramo_stream.registry.model import torch_dtype
+from ramo_stream.registry.scoring import BatchItem, LoadedModel, model_max_length, score_items
 from ramo_stream.registry.setup import open_registry
 from ramo_stream.registry.store import Registry
 from ramo_stream.serve.reward_admission import Admission, Throughput, estimate_tokens
-from ramo_stream.serve.reward_batching import (
-    BatchItem,
-    DynamicBatcher,
-    LoadedModel,
-    model_max_length,
-    score_items,
-)
+from ramo_stream.serve.reward_batching import DynamicBatcher
 from ramo_stream.serve.reward_metrics import ReplicaMetrics
 from ramo_stream.serve.reward_protocol import (
     NoModel,
