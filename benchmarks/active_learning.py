@@ -14,7 +14,7 @@ frozen and only the last linear layer (the Bradley-Terry head, r = w . phi) is t
 x = phi(A) - phi(B). That is exactly the setting of the paper's last-layer Fisher
 information (arXiv 2502.04354), and what keeps 3 sources x 3 budgets x 5 strategies x 3
 seeds feasible on a 2-core CPU: phi is computed once per response (cached) through
-``ramo_stream.select.features`` (the input of the model's own head, checked against its
+``ramo_stream.registry.features`` (the input of the model's own head, checked against its
 rewards). Training (the same for every strategy): L2-regularised logistic regression
 without bias, lambda = --lam, by Newton's method to convergence; the selection prior M =
 lambda I uses the same lambda, so M is the Laplace posterior precision of w.
@@ -82,8 +82,8 @@ def featurize(
 
     from ramo_stream.config import load_settings
     from ramo_stream.local_models import prepare
-    from ramo_stream.reward.model import load_reward_model
-    from ramo_stream.select.features import Featurizer
+    from ramo_stream.registry.features import Featurizer
+    from ramo_stream.registry.model import load_reward_model
 
     torch.manual_seed(0)  # the head is untrained and unused: only phi is read
     folder = prepare("all-minilm-l6-v2", load_settings().paths.models_dir)

@@ -1,7 +1,7 @@
 """How the service cuts a dynamic batch into forward passes: cost-based cut vs fewest passes.
 
 The reward service sorts a batch's items by length and cuts them into passes
-(``reward_batching.plan_sub_batches``). The cut minimises ``passes x pass_overhead + padded
+(``registry.scoring.plan_sub_batches``). The cut minimises ``passes x pass_overhead + padded
 tokens``. This benchmark scores the same random batches, drawn from the same pool, with two
 overheads, in alternating rounds in one process so both see the same machine:
 
@@ -52,8 +52,8 @@ def main() -> int:
 
     from ramo_stream.config import ServeSettings, load_settings
     from ramo_stream.local_models import KNOWN, prepare, resolve
-    from ramo_stream.reward.model import load_reward_model, torch_dtype
-    from ramo_stream.serve.reward_batching import (
+    from ramo_stream.registry.model import load_reward_model, torch_dtype
+    from ramo_stream.registry.scoring import (
         BatchItem,
         LoadedModel,
         model_max_length,

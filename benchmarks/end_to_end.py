@@ -77,7 +77,7 @@ def sustained(labels: list[Any]) -> float:
 
 
 def run_loop(args: argparse.Namespace, common: list[str], tmp: Path) -> dict[str, Any]:
-    from ramo_stream.reward.registry import Registry
+    from ramo_stream.registry.store import Registry
     from ramo_stream.schemas import LabeledPair
     from ramo_stream.stream.broker import EmbeddedBroker, free_port
     from ramo_stream.stream.kafka_io import read_topic

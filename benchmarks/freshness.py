@@ -70,13 +70,12 @@ from typing import Any
 import yaml
 
 from ramo_stream.config import KafkaSettings, TopicSettings, load_settings
-from ramo_stream.ingest import human_label, parse_line
 from ramo_stream.local_models import KNOWN, prepare, resolve
-from ramo_stream.reward.registry import Manifest, Registry
-from ramo_stream.schemas import LabeledPair
+from ramo_stream.registry.store import Manifest, Registry
+from ramo_stream.schemas import LabeledPair, Rejection
 from ramo_stream.stream.broker import EmbeddedBroker, ensure_topics
+from ramo_stream.stream.ingest import human_label, parse_line
 from ramo_stream.stream.kafka_io import make_producer
-from ramo_stream.stream.serde import Rejection
 from ramo_stream.train.data import is_heldout
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,6 +1,6 @@
 """Grader quality on held-out human judgments: the trained grader against the zero-shot one.
 
-Every row here is held out from `ramo grader train` by ramo_stream/grading/sources.py's
+Every row here is held out from `ramo grader train` by ramo_stream/label/grading/sources.py's
 ``held_out`` (by GPTFuzz question, by prompt text for the pair sets), or from a file it
 never reads (rbr_gold/test.jsonl, HH harmless, LLMBar). Per grader:
 
@@ -34,8 +34,8 @@ import torch
 from ramo_stream.config import load_settings
 from ramo_stream.core.rules import load_pool
 from ramo_stream.core.stats import wilson_interval
-from ramo_stream.grading.factory import describe, make_grader
-from ramo_stream.grading.sources import (
+from ramo_stream.label.grading.factory import describe, make_grader
+from ramo_stream.label.grading.sources import (
     RBR_PROPOSITIONS,
     TRAIN_FILES,
     gptfuzz_examples,
@@ -44,10 +44,10 @@ from ramo_stream.grading.sources import (
     rbr_examples,
     read_jsonl,
 )
-from ramo_stream.grading.train_classifier import as_request, yes_no_metrics
-from ramo_stream.ingest import parse_line
-from ramo_stream.labeling import Labeler
+from ramo_stream.label.grading.train_classifier import as_request, yes_no_metrics
+from ramo_stream.label.labeler import Labeler
 from ramo_stream.schemas import ResponsePair
+from ramo_stream.stream.ingest import parse_line
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -114,7 +114,7 @@ def deployed_labeler(grader: Any, pool: Any, settings: Any) -> tuple[Labeler, st
     lab = settings.labeling
     if lab.selector == "adapter":
         try:
-            from ramo_stream.adapter.model import load_adapter
+            from ramo_stream.label.rule_adapter.model import load_adapter
 
             adapter = load_adapter(settings.paths.adapter_dir, pool)
             return Labeler(grader, pool, lab, adapter), "adapter (trained)"
@@ -164,7 +164,7 @@ def main() -> None:
         graders.append(("zero-shot: " + describe(zero), zero, args.zero_shot_rows,
                         args.zero_shot_pairs))  # fmt: skip
     if "tuned-llm" in args.graders:
-        from ramo_stream.grading.transformers_backend import TransformersGrader
+        from ramo_stream.label.grading.transformers_backend import TransformersGrader
 
         if args.llm_path is None:
             sys.exit("--graders tuned-llm needs --llm-path (a `ramo grader train --kind llm`)")
@@ -203,7 +203,7 @@ def main() -> None:
         "",
         "commands: " + "; ".join(f"`{r[5]}`" for r in results),
         f"pool {pool.name} ({pool.hash}); {args.threads} CPU threads; seed {args.seed}. Rows"
-        " held out from training by question/prompt (ramo_stream/grading/sources.py"
+        " held out from training by question/prompt (ramo_stream/label/grading/sources.py"
         " `held_out`); rbr_gold/test, HH harmless and LLMBar are never trained on. 95% Wilson"
         " intervals. The zero-shot grader is scored on the first rows/pairs of the same"
         " slices (smaller: it is slow on a CPU).",

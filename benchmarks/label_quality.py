@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 
 from ramo_stream.config import load_settings
-from ramo_stream.core.rules import load_pool
+from ramo_stream.core.rules import NULL_RULE_ID, load_pool
 from ramo_stream.core.selection import aggregate, rule_scores, select_max_discrepancy
 from ramo_stream.core.stats import wilson_interval
-from ramo_stream.grading.factory import describe, make_grader
-from ramo_stream.grading.sources import held_out, prompt_key
-from ramo_stream.ingest import iter_lines, parse_line
-from ramo_stream.labeling import NULL_RULE_ID, Labeler
+from ramo_stream.label.grading.factory import describe, make_grader
+from ramo_stream.label.grading.sources import held_out, prompt_key
+from ramo_stream.label.labeler import Labeler
 from ramo_stream.schemas import ResponsePair
+from ramo_stream.stream.ingest import iter_lines, parse_line
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -99,7 +99,7 @@ def main() -> None:
     )
     adapter = None
     try:
-        from ramo_stream.adapter.model import load_adapter
+        from ramo_stream.label.rule_adapter.model import load_adapter
 
         adapter = load_adapter(settings.paths.adapter_dir, pool)
     except (FileNotFoundError, ValueError) as e:

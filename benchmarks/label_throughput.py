@@ -34,13 +34,13 @@ import torch
 
 from ramo_stream.config import load_settings
 from ramo_stream.core.rules import load_pool
-from ramo_stream.grading.base import GradeRequest, normalise
-from ramo_stream.grading.template import render
-from ramo_stream.grading.transformers_backend import TransformersGrader
-from ramo_stream.ingest import iter_lines, parse_line
-from ramo_stream.labeling import Labeler
+from ramo_stream.label.grading.base import GradeRequest, normalise
+from ramo_stream.label.grading.template import render
+from ramo_stream.label.grading.transformers_backend import TransformersGrader
+from ramo_stream.label.labeler import Labeler
 from ramo_stream.local_models import prepare
 from ramo_stream.schemas import ResponsePair
+from ramo_stream.stream.ingest import iter_lines, parse_line
 
 RESULTS = Path(__file__).parent / "results"
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl"
@@ -122,7 +122,7 @@ def main() -> None:
         flush=True,
     )
 
-    from ramo_stream.adapter.model import load_adapter, new_adapter
+    from ramo_stream.label.rule_adapter.model import load_adapter, new_adapter
 
     try:
         adapter = load_adapter(settings.paths.adapter_dir, pool)
@@ -144,12 +144,12 @@ def main() -> None:
     print(f"reference: {len(pairs) / ref_s:.3f} pairs/s", flush=True)
     graders: list[tuple[str, Any]] = [("transformers", grader)]
     if args.vllm:
-        from ramo_stream.grading.vllm_backend import VLLMGrader
+        from ramo_stream.label.grading.vllm_backend import VLLMGrader
 
         # vLLM's CPU kernels run bf16; its engine start-up (compilation) is not timed.
         graders.append(("vllm", VLLMGrader(str(model))))
     if args.classifier:
-        from ramo_stream.grading.factory import make_grader
+        from ramo_stream.label.grading.factory import make_grader
 
         cls = make_grader(settings.model_copy(update={"grader": settings.grader.model_copy(
             update={"backend": "classifier"})}))  # fmt: skip

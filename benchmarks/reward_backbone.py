@@ -42,7 +42,7 @@ def prompt_key(prompt: Any) -> str:
 
 def load(path: Path, n: int, every: int) -> tuple[list[Any], list[Any]]:
     """(train, held out) TrainPairs of the first ``n`` rows, held out by prompt hash."""
-    from ramo_stream.stream.serde import Rejection
+    from ramo_stream.schemas import Rejection
     from ramo_stream.train.data import parse_label, to_train_pair
 
     train, held = [], []
@@ -60,7 +60,7 @@ def heldout(model: Any, tok: Any, pairs: list[Any], settings: Any) -> tuple[int,
     """(correct, scoring items/s) on the held-out pairs, scored as the service scores."""
     import torch
 
-    from ramo_stream.serve.reward_batching import BatchItem, LoadedModel, score_items
+    from ramo_stream.registry.scoring import BatchItem, LoadedModel, score_items
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one reward replica = one CPU = one torch thread
@@ -89,7 +89,7 @@ def train_pass(model: Any, tok: Any, pairs: list[Any], args: argparse.Namespace,
     import torch
 
     from ramo_stream.core.loss import bradley_terry_loss
-    from ramo_stream.reward.model import encode, format_text, rewards
+    from ramo_stream.registry.model import encode, format_text, rewards
     from ramo_stream.train.data import MicroBatcher
 
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def run_backbone(name: str, train: list[Any], held: list[Any], args: argparse.Na
     import torch
 
     from ramo_stream.local_models import prepare
-    from ramo_stream.reward.model import load_reward_model
+    from ramo_stream.registry.model import load_reward_model
 
     folder = prepare(name, settings.paths.models_dir)
     torch.manual_seed(0)  # the same new head for the before and after figures

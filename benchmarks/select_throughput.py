@@ -1,6 +1,6 @@
 """Selection gate throughput vs the labeler's, same machine, same run.
 
-The gate (``ramo_stream.select.gate``, d-opt, in-process, on an embedded broker) consumes
+The gate (``ramo_stream.stream.gate``, d-opt, in-process, on an embedded broker) consumes
 --pairs HH harmless pairs from a 4-partition topic and writes every one to selected or
 skipped; its rate is pairs / wall seconds from the first poll to caught up (the model is
 loaded and warmed up before the clock starts, as in a running gate). It is measured once per
@@ -43,7 +43,8 @@ RESULTS = Path(__file__).parent / "results"
 def gate_rate(
     bootstrap: str, backbone: Path, pairs: list[ResponsePair], cache: Path
 ) -> tuple[float, float]:
-    from ramo_stream.select.gate import ServedModel, make_gate, run_gate
+    from ramo_stream.registry.features import ServedModel
+    from ramo_stream.stream.gate import make_gate, run_gate
 
     tag = uuid.uuid4().hex[:8]
     settings = load_settings(None, {
@@ -79,8 +80,8 @@ def gate_rate(
 
 def labeler_rate(models: Path, pairs: list[ResponsePair]) -> tuple[float, float]:
     from ramo_stream.core.rules import load_pool
-    from ramo_stream.grading.transformers_backend import TransformersGrader
-    from ramo_stream.labeling import Labeler
+    from ramo_stream.label.grading.transformers_backend import TransformersGrader
+    from ramo_stream.label.labeler import Labeler
 
     settings = load_settings()
     pool = load_pool(settings.paths.rule_pool)

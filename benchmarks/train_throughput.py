@@ -32,9 +32,9 @@ import torch
 from ramo_stream.config import load_settings
 from ramo_stream.core.loss import bradley_terry_loss
 from ramo_stream.local_models import KNOWN, prepare, resolve
-from ramo_stream.reward.model import encode, format_text, load_reward_model, rewards
-from ramo_stream.reward.registry import Registry
-from ramo_stream.stream.serde import Rejection
+from ramo_stream.registry.model import encode, format_text, load_reward_model, rewards
+from ramo_stream.registry.store import Registry
+from ramo_stream.schemas import Rejection
 from ramo_stream.train.data import MicroBatcher, TrainPair, parse_label, to_train_pair
 
 RESULTS = Path(__file__).parent / "results"

@@ -115,7 +115,7 @@ def _convert_gguf(src: Path, gguf_file: str, out: Path) -> None:
     if hasattr(lm.config, "quantization_config"):
         del lm.config.quantization_config
     if getattr(lm, "hf_quantizer", None) is not None:
-        lm.hf_quantizer = None
+        lm.hf_quantizer = None  # type: ignore[assignment]
     lm.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -214,6 +215,16 @@ DEAD_LETTER_KEY_BYTES = 1024
 DEAD_LETTER_REASON_CHARS = 4000
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """Why a message or a line could not become a record, with its original bytes: what
+    decoding (``stream.serde``), ingest, offline labeling and training return instead of
+    raising; it ends as a ``DeadLetter``."""
+
+    reason: str
+    raw: bytes
+
+
 class DeadLetter(_Record):
     """A record that could not move forward, with the reason and its original bytes.
 
@@ -276,6 +287,20 @@ class DeadLetter(_Record):
     def original(self) -> bytes:
         """The original bytes as carried: the whole value unless ``original_truncated``."""
         return base64.b64decode(self.original_b64)
+
+
+REWARDBENCH_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def rewardbench_missing(row: dict[str, Any]) -> str | None:
+    """Why a RewardBench row (one with ``chosen`` or ``rejected``) lacks fields, or None: the
+    one check ``ramo ingest``, ``ramo score`` and ``ramo eval`` make of that format."""
+    if "chosen" not in row and "rejected" not in row:
+        return None
+    missing = [k for k in REWARDBENCH_FIELDS if k not in row]
+    if not missing:
+        return None
+    return f"RewardBench row is missing {missing}"
 
 
 def non_finite_path(value: Any) -> str | None:

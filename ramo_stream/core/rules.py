@@ -47,8 +47,10 @@ CATEGORIES: tuple[str, ...] = (
 
 RuleKind = Literal["harmless", "helpful"]
 
-# Ids the labeler uses for its own judgments (the calibration rule); a pool may not use them.
-RESERVED_IDS: frozenset[str] = frozenset({"null-rule"})
+# The id of the content-free calibration rule (its text: grading.template.NULL_RULE) in a
+# LabeledPair's judgments. Ids the labeler uses for its own judgments; a pool may not use them.
+NULL_RULE_ID = "null-rule"
+RESERVED_IDS: frozenset[str] = frozenset({NULL_RULE_ID})
 
 
 class Rule(BaseModel):

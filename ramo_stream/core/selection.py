@@ -8,7 +8,8 @@ normalised over the three. From them:
     rho_k    = (rho_k(A) + rho_k(B)) / 2
     c_k      = rho_k + gamma * |s_k(A) - s_k(B)|
 
-Selection keeps the top-k rules by c_k (RAMO defaults: k = 5, gamma = 0.5). The label sums
+Selection keeps the top-k rules by c_k (k, gamma and epsilon come from the caller; their
+defaults, RAMO's k = 5, gamma = 0.5, live in one place: ``config.LabelingSettings``). The label sums
 each response's scores over the selected rules: A is preferred if sum_A > sum_B, the margin
 is |sum_A - sum_B|, and a margin <= epsilon is a tie.
 
@@ -25,11 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ramo_stream.core.rules import NULL_RULE_ID
 from ramo_stream.schemas import RuleJudgment
-
-DEFAULT_K = 5
-DEFAULT_GAMMA = 0.5
-DEFAULT_TIE_EPSILON = 1e-6
 
 Selector = Literal["adapter", "max-discrepancy", "all", "random"]
 SELECTORS: tuple[str, ...] = ("adapter", "max-discrepancy", "all", "random")
@@ -49,7 +47,7 @@ class RuleScore:
     def relevance(self) -> float:
         return (self.rho_a + self.rho_b) / 2
 
-    def discrepancy(self, gamma: float = DEFAULT_GAMMA) -> float:
+    def discrepancy(self, gamma: float) -> float:
         """c_k = rho_k + gamma * |s_k(A) - s_k(B)|."""
         return self.relevance + gamma * abs(self.s_a - self.s_b)
 
@@ -79,9 +77,16 @@ def rule_scores(
     return out
 
 
-def select_max_discrepancy(
-    scores: dict[str, RuleScore], k: int = DEFAULT_K, gamma: float = DEFAULT_GAMMA
-) -> list[str]:
+def calibrated_scores(judgments: Iterable[RuleJudgment]) -> dict[str, RuleScore]:
+    """Rule scores of one pair's judgments, each side's score under the content-free rule
+    (``NULL_RULE_ID``, when it was graded) subtracted; that rule itself is not scored."""
+    judgments = list(judgments)
+    null = {j.side: j.score for j in judgments if j.rule_id == NULL_RULE_ID}
+    rules = [j for j in judgments if j.rule_id != NULL_RULE_ID]
+    return rule_scores(rules, null.get("a", 0.0), null.get("b", 0.0))
+
+
+def select_max_discrepancy(scores: dict[str, RuleScore], k: int, gamma: float) -> list[str]:
     """Top-k rule ids by c_k, highest first; ties keep pool order. k >= pool: all rules."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -110,7 +115,7 @@ class Label:
 def aggregate(
     scores: dict[str, RuleScore],
     selected: Sequence[str],
-    epsilon: float = DEFAULT_TIE_EPSILON,
+    epsilon: float,
 ) -> Label:
     """Sum each response's scores over the selected rules; the larger sum wins."""
     if not selected:

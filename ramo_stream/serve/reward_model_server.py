@@ -30,16 +30,12 @@ from typing import Any, NamedTuple
 
 from ray import serve
 
-from ramo_stream.reward.model import torch_dtype
-from ramo_stream.reward.registry import Registry
+from ramo_stream.registry.model import torch_dtype
+from ramo_stream.registry.scoring import BatchItem, LoadedModel, model_max_length, score_items
+from ramo_stream.registry.setup import open_registry
+from ramo_stream.registry.store import Registry
 from ramo_stream.serve.reward_admission import Admission, Throughput, estimate_tokens
-from ramo_stream.serve.reward_batching import (
-    BatchItem,
-    DynamicBatcher,
-    LoadedModel,
-    model_max_length,
-    score_items,
-)
+from ramo_stream.serve.reward_batching import DynamicBatcher
 from ramo_stream.serve.reward_metrics import ReplicaMetrics
 from ramo_stream.serve.reward_protocol import (
     NoModel,
@@ -128,7 +124,7 @@ class ModelPool:
         return True
 
     def _load(self, version: int) -> LoadedModel:
-        from ramo_stream.reward.model import load_reward_model
+        from ramo_stream.registry.model import load_reward_model
 
         folder = self.registry.local_dir(version, self.cache_dir)
         model, tokenizer = load_reward_model(folder, dtype=self.dtype)
@@ -167,16 +163,10 @@ class RewardModelServer:
     def __init__(self, args: Any) -> None:  # RewardAppArgs (reward_app imports this module)
         import torch
 
-        from ramo_stream.train.driver import registry_root
-
         settings = args.settings()
         s = settings.serve
         self.metrics = ReplicaMetrics()
-        registry = Registry(
-            registry_root(settings),
-            keep=settings.train.keep_versions,
-            cache_dir=settings.paths.cache_dir / "registry-cache",
-        )
+        registry = open_registry(settings)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.max_length, self.batch_tokens = s.max_length, s.forward_tokens(device)
         self.pass_overhead = s.pass_overhead(device)

@@ -89,7 +89,7 @@ class OutputLedger:
     def recover(self, since_ms: int) -> int:
         """Add the keys of every record on ``topic`` stamped at or after ``since_ms`` minus
         the skew margin; return how many records were read."""
-        from kafka import TopicPartition
+        from ramo_stream.stream.clients import TopicPartition
 
         start_ms = max(0, int(since_ms - self.skew_s * 1000))
         reader = self.make_reader()

@@ -13,10 +13,10 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
-from kafka.producer.future import FutureRecordMetadata
 
 from ramo_stream.config import KafkaSettings
 from ramo_stream.schemas import DeadLetter
+from ramo_stream.stream.clients import Producer, SendResult
 from ramo_stream.stream.serde import encode
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,10 @@ class TopicWriter:
     (an unknown or fenced producer id is fatal to kafka-python's idempotent producer).
     """
 
-    def __init__(
-        self, producer: KafkaProducer, factory: Callable[[], KafkaProducer] | None = None
-    ) -> None:
+    def __init__(self, producer: Producer, factory: Callable[[], Producer] | None = None) -> None:
         self.producer = producer
         self.factory = factory
-        self._pending: list[tuple[str, bytes | None, FutureRecordMetadata]] = []
+        self._pending: list[tuple[str, bytes | None, SendResult]] = []
         self._last_acked = 0
         self.on_ack: Callable[[str, bytes | None], None] | None = None
         """Called with (topic, key) for each send that ``flush`` finds acknowledged."""
@@ -182,3 +180,30 @@ def read_topic(
             break
     c.close()
     return out
+
+
+def topic_sizes(consumer: Any, topics: list[str], polls: int = 10) -> dict[str, int]:
+    """Records on each topic (all partitions), read from fetch high watermarks by a
+    group-less ``consumer``, which this reassigns.
+
+    end_offsets() alone is not enough: tansu answers it with the base offset of the
+    last record batch. So each partition is read from there once, and the fetch
+    response's high watermark is the true end. ``polls`` x 100 ms bounds the wait.
+    """
+    tps = [TopicPartition(t, p) for t in topics
+           for p in sorted(consumer.partitions_for_topic(t) or [])]  # fmt: skip
+    # A fresh assignment forgets the last sample's high watermarks, so the loop
+    # below waits for this sample's own fetch instead of reading a stale one.
+    consumer.unsubscribe()
+    consumer.assign(tps)
+    ends = consumer.end_offsets(tps)
+    for tp, end in ends.items():
+        consumer.seek(tp, end)
+    for _ in range(polls):
+        consumer.poll(timeout_ms=100, max_records=1)
+        if all(consumer.highwater(tp) is not None for tp in tps):
+            break
+    sizes = dict.fromkeys(topics, 0)
+    for tp in tps:
+        sizes[tp.topic] += max(ends[tp], consumer.highwater(tp) or 0)
+    return sizes

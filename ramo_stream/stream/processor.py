@@ -22,21 +22,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from kafka import TopicPartition
-from kafka.errors import CommitFailedError
-from kafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 
-from ramo_stream.schemas import DEAD_LETTER_ORIGINAL_BYTES, DeadLetter
+from ramo_stream.schemas import DEAD_LETTER_ORIGINAL_BYTES, DeadLetter, Rejection
+from ramo_stream.stream.clients import (
+    CommitFailedError,
+    Consumer,
+    TopicPartition,
+    offsets_to_commit,
+)
 from ramo_stream.stream.dead_letters import make_letter
 from ramo_stream.stream.dedup import OutputLedger, SeenIds, content_digest
 from ramo_stream.stream.health import BrokerTrouble, Health, is_broker_error
 from ramo_stream.stream.kafka_io import TopicWriter
-from ramo_stream.stream.serde import Rejection, decode
+from ramo_stream.stream.messages import Handler, Message, ProcessorStats, describe_error
+from ramo_stream.stream.serde import decode
 
 log = logging.getLogger(__name__)
 
@@ -48,50 +51,10 @@ MAX_BACKOFF_S = 30.0
 REBUILD_CONSUMER_AFTER = 3  # consecutive broker failures before the consumer is rebuilt too
 
 
-@dataclass(frozen=True)
-class Message(Generic[R]):
-    """A decoded record and where it came from."""
-
-    record: R
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    raw: bytes
-
-
-Handler = Callable[[list[Message[R]]], None]
-"""Processes a batch; returns only after its downstream writes are acknowledged."""
-
-
-@dataclass
-class ProcessorStats:
-    polled: int = 0
-    handled: int = 0
-    duplicates: int = 0
-    conflicts: int = 0
-    already_written: int = 0
-    dead_lettered: int = 0
-    undeliverable: int = 0
-    commits: int = 0
-    committed: dict[tuple[str, int], int] = field(default_factory=dict)
-    health: Health = field(default_factory=Health)
-
-
-def describe_error(e: BaseException) -> str:
-    """'Type: message' of a handler's error. An error raised in a Ray task (the labeler's
-    deployment) carries the remote traceback in its text, which would push the message out
-    of a dead letter's reason; its ``cause`` is the error itself."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, BaseException):
-        e = cause
-    return f"{type(e).__name__}: {e}"
-
-
 class StreamProcessor(Generic[R]):
     def __init__(
         self,
-        consumer: Any,
+        consumer: Consumer,
         writer: TopicWriter,
         model: type[R],
         handler: Handler[R],
@@ -105,7 +68,7 @@ class StreamProcessor(Generic[R]):
         retries: int = 3,
         backoff_s: float = 0.5,
         ledger: OutputLedger | None = None,
-        make_consumer: Callable[[], Any] | None = None,
+        make_consumer: Callable[[], Consumer] | None = None,
         dlq_original_bytes: int = DEAD_LETTER_ORIGINAL_BYTES,
         spill_dir: Path | None = None,
     ) -> None:
@@ -270,17 +233,17 @@ class StreamProcessor(Generic[R]):
                     raise BrokerTrouble(f"{type(e).__name__}: {e}") from e
                 unsent.append((letter, e))
         sent = [x for x in letters if all(x is not u for u, _ in unsent)]
-        for i, e in self.writer.flush_each():
-            if is_broker_error(e):
-                raise BrokerTrouble(f"{type(e).__name__}: {e}") from e
-            unsent.append((sent[i], e))
-        for letter, e in unsent:
+        for i, err in self.writer.flush_each():
+            if is_broker_error(err):
+                raise BrokerTrouble(f"{type(err).__name__}: {err}") from err
+            unsent.append((sent[i], err))
+        for letter, why in unsent:
             # Nothing more can be done for it: log it whole, count it, move on. Never
             # retried forever, never allowed to stop the records behind it.
             self.stats.undeliverable += 1
             log.error("%s: a dead letter could not be written to %s (%s: %s); skipped:"
                       " %s at %s[%s]@%s, %s bytes, sha256 %s", self.stage, self.dlq_topic,
-                      type(e).__name__, e, letter.reason[:300], letter.source_topic,
+                      type(why).__name__, why, letter.reason[:300], letter.source_topic,
                       letter.partition, letter.offset, letter.original_size,
                       letter.original_sha256)  # fmt: skip
         self.stats.dead_lettered += len(letters) - len(unsent)
@@ -358,11 +321,7 @@ class StreamProcessor(Generic[R]):
         self._recovered.clear()
 
     def _commit(self, msgs: list) -> None:  # type: ignore[type-arg]
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for m in msgs:
-            tp = TopicPartition(m.topic, m.partition)
-            if tp not in offsets or offsets[tp].offset <= m.offset:
-                offsets[tp] = OffsetAndMetadata(m.offset + 1, "", -1)
+        offsets = offsets_to_commit(msgs)
         try:
             self.consumer.commit(offsets)
         except CommitFailedError as e:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ramo_stream.schemas import MAX_TEXT_CHARS, describe_validation_error
+from ramo_stream.schemas import MAX_TEXT_CHARS, Rejection, describe_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,6 @@ MAX_MESSAGE_BYTES = 4 * (MAX_TEXT_CHARS * 4 + 16_384)
 # No record of ours nests deeper than ~10 levels outside metadata; metadata is free-form
 # but small. 64 leaves room and keeps every recursive walker far from Python's limit.
 MAX_DEPTH = 64
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why a message could not be decoded, with its original bytes."""
-
-    reason: str
-    raw: bytes
 
 
 def encode(record: BaseModel) -> bytes:

@@ -19,8 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ramo_stream.schemas import ChatMessage, LabeledPair, describe_validation_error
-from ramo_stream.stream.serde import Rejection
+from ramo_stream.schemas import ChatMessage, LabeledPair, Rejection, describe_validation_error
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def parse_label(raw: bytes) -> LabeledPair | Rejection:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return Rejection(f"not a JSON line: {e}", raw)
     if isinstance(row, dict) and ("chosen" in row or "rejected" in row):
-        from ramo_stream.ingest import human_label, parse_line
+        from ramo_stream.stream.ingest import human_label, parse_line
 
         pair = parse_line(raw, "file")
         return pair if isinstance(pair, Rejection) else human_label(pair, raw)

@@ -88,10 +88,6 @@ def init_ray() -> None:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
 
 
-def registry_root(settings: Settings) -> str:
-    return settings.train.registry or str(settings.paths.registry_dir)
-
-
 def run_trainer(
     settings: Settings,
     bootstrap: str | None,
@@ -116,7 +112,7 @@ def run_trainer(
     from ray.train.torch import TorchTrainer
 
     from ramo_stream.local_models import model_id, resolve
-    from ramo_stream.reward.registry import Registry
+    from ramo_stream.registry.setup import open_registry, registry_root
     from ramo_stream.train.loop import train_worker
 
     t = settings.train
@@ -129,7 +125,7 @@ def run_trainer(
     # torch uses that many threads
     per_worker = {"CPU": t.worker_cpus or max(1, int(cpus) // t.workers)}
     stop = _stop_flag_class().remote()
-    current = Registry(registry_root(settings)).current()
+    current = open_registry(settings).current()
     config = {
         # positions in versions up to this one refer to another incarnation of the topic
         "stale_positions_upto": current.version if new_topics and current else None,
@@ -161,4 +157,4 @@ def run_trainer(
 
     with _stop_requests(stop, stop_event, finish_event):
         trainer.fit()
-    return Registry(config["registry"]).current()
+    return open_registry(settings, config["registry"]).current()

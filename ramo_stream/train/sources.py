@@ -59,8 +59,7 @@ class KafkaLabelSource:
         world: int = 1,
         wait_s: float = 30.0,
     ) -> None:
-        from kafka import TopicPartition
-
+        from ramo_stream.stream.clients import TopicPartition
         from ramo_stream.stream.kafka_io import make_consumer
 
         self.topic = topic
@@ -120,8 +119,7 @@ class KafkaLabelSource:
 
     def commit(self, positions: Positions) -> None:
         """Record the published positions in the group too (for lag monitoring)."""
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
+        from ramo_stream.stream.clients import OffsetAndMetadata, TopicPartition
 
         assigned = {tp.partition for tp in self.partitions}
         offsets = {

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from ramo_stream.config import Settings, load_settings
+from ramo_stream.label.bridge import make_bridge
 from ramo_stream.schemas import LabeledPair, ResponsePair
-from ramo_stream.serve.bridge import make_bridge
 from ramo_stream.stream.broker import EmbeddedBroker, ensure_topics, free_port
 from ramo_stream.stream.kafka_io import TopicWriter, make_producer, read_topic
 

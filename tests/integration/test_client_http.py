@@ -47,8 +47,8 @@ def service(
     from ray import serve
 
     from ramo_stream.client import RewardClient
-    from ramo_stream.reward.model import load_reward_model
-    from ramo_stream.reward.registry import Registry
+    from ramo_stream.registry.model import load_reward_model
+    from ramo_stream.registry.store import Registry
 
     path = models_dir / "all-minilm-l6-v2"
     model, tok = load_reward_model(path)
@@ -156,7 +156,8 @@ def test_refusals_are_typed_with_the_services_message(service: tuple[str, int]) 
 def test_ramo_score_prints_rewards_and_accuracy(
     service: tuple[str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ramo_stream import cli, cli_score
+    from ramo_stream.cli import flags as cli
+    from ramo_stream.cli import score as cli_score
 
     url, version = service
     parser = argparse.ArgumentParser()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ramo_stream import cli_eval
+from ramo_stream.cli import eval as cli_eval
 from ramo_stream.config import load_settings
 from tests.helpers import shared_file
 
@@ -40,7 +40,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def settings(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Settings on a fresh registry holding versions 1 and 2 (heads seeded 0 and 1)."""
-    from ramo_stream.cli_serve import cmd_models_publish
+    from ramo_stream.cli.serve import cmd_models_publish
 
     root = tmp_path_factory.mktemp("eval")
     settings = load_settings(overrides={
@@ -64,7 +64,7 @@ def direct_rewards(folder: Path, rows: list[dict[str, Any]]) -> list[tuple[float
     """(chosen, rejected) rewards computed straight from the model: one batch, no service code."""
     import torch
 
-    from ramo_stream.reward.model import encode, format_text, load_reward_model, rewards
+    from ramo_stream.registry.model import encode, format_text, load_reward_model, rewards
 
     model, tok = load_reward_model(folder)
     texts = [
@@ -108,7 +108,7 @@ def test_all_versions_on_real_rows(
         assert result["overall"] == pytest.approx(sum(means) / len(means))
 
     # The rewards are the model's on the one input format (format_text, last MAX_LENGTH tokens).
-    from ramo_stream.reward.registry import Registry
+    from ramo_stream.registry.store import Registry
 
     registry = Registry(settings.train.registry)
     for result in results:

@@ -14,22 +14,22 @@ import pytest
 
 from ramo_stream.config import default_rule_pool, load_settings
 from ramo_stream.core.rules import load_pool
-from ramo_stream.grading.sources import NO, YES, Example
+from ramo_stream.label.grading.sources import NO, YES, Example
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 torch = pytest.importorskip("torch", reason="the models extra is not installed")
 pytest.importorskip("transformers", reason="the models extra is not installed")
 
-from ramo_stream.grading.artifact import (  # noqa: E402
+from ramo_stream.label.grading.artifact import (  # noqa: E402
     MANIFEST,
     REQUIRED,
     WEIGHTS,
     GraderArtifactError,
 )
-from ramo_stream.grading.base import GradeRequest  # noqa: E402
-from ramo_stream.grading.classifier_backend import ClassifierGrader  # noqa: E402
-from ramo_stream.grading.train_classifier import TrainConfig, publish, train  # noqa: E402
+from ramo_stream.label.grading.base import GradeRequest  # noqa: E402
+from ramo_stream.label.grading.classifier_backend import ClassifierGrader  # noqa: E402
+from ramo_stream.label.grading.train_classifier import TrainConfig, publish, train  # noqa: E402
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 COMPLY = "Sure. Step one: get the tools. Step two: follow the plan below in detail."
@@ -82,7 +82,7 @@ def test_artifact_round_trips_through_the_classifier_backend(
     reqs = [GradeRequest(q, REFUSAL, rule), GradeRequest(q, COMPLY, rule)]
     direct = ClassifierGrader(folder, base, pool.hash).grade(reqs)
     assert direct[0].score > direct[1].score  # learnt: the refusal follows, compliance breaks
-    from ramo_stream.grading.factory import choose_backend, make_grader
+    from ramo_stream.label.grading.factory import choose_backend, make_grader
 
     # through the settings: the backend finds the artifact by itself under cache_dir/graders
     cache = tmp_path / "cache"

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from ramo_stream.grading.base import AnswerProbs, GradeRequest, PromptTooLong
-from ramo_stream.grading.template import AnswerWordError, AnswerWords
+from ramo_stream.label.grading.base import AnswerProbs, GradeRequest, PromptTooLong
+from ramo_stream.label.grading.template import AnswerWordError, AnswerWords
 from ramo_stream.schemas import ChatMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -72,7 +72,7 @@ def model_path(models_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def transformers_grader(model_path: str) -> Any:
-    from ramo_stream.grading.transformers_backend import TransformersGrader
+    from ramo_stream.label.grading.transformers_backend import TransformersGrader
 
     return TransformersGrader(model_path, dtype="float32")
 
@@ -179,7 +179,7 @@ def server(transformers_grader: Any) -> Iterator[CompletionsServer]:
 
 
 def openai_grader(model_path: str, base_url: str, **kwargs: Any) -> Any:
-    from ramo_stream.grading.openai_backend import OpenAIGrader
+    from ramo_stream.label.grading.openai_backend import OpenAIGrader
 
     kwargs = {"api_key": "sekrit", "backoff_s": 0.01, "timeout_s": 10.0} | kwargs
     return OpenAIGrader(model_path, served_model="smollm2", base_url=base_url, **kwargs)
@@ -205,8 +205,8 @@ def test_matches_the_transformers_grader(
 
 def test_settings_build_it(server: CompletionsServer, model_path: str) -> None:
     from ramo_stream.config import load_settings
-    from ramo_stream.grading.factory import make_grader
-    from ramo_stream.grading.openai_backend import OpenAIGrader
+    from ramo_stream.label.grading.factory import make_grader
+    from ramo_stream.label.grading.openai_backend import OpenAIGrader
 
     settings = load_settings(overrides={
         "models.grader": model_path, "grader.backend": "openai",
@@ -247,7 +247,7 @@ def test_503_is_retried(
 def test_503_after_the_last_retry_names_url_status_and_attempts(
     server: CompletionsServer, model_path: str
 ) -> None:
-    from ramo_stream.grading.openai_backend import GraderServerError
+    from ramo_stream.label.grading.openai_backend import GraderServerError
 
     server.faults = ["503"] * 10
     grader = openai_grader(model_path, server.base_url, retries=2)
@@ -262,7 +262,7 @@ def test_503_after_the_last_retry_names_url_status_and_attempts(
 def test_400_raises_at_once_with_the_servers_message(
     server: CompletionsServer, model_path: str
 ) -> None:
-    from ramo_stream.grading.openai_backend import RequestRefused
+    from ramo_stream.label.grading.openai_backend import RequestRefused
 
     server.faults = ["400"]
     with pytest.raises(RequestRefused, match="HTTP 400: unknown field 'frobnicate'") as exc:
@@ -272,7 +272,7 @@ def test_400_raises_at_once_with_the_servers_message(
 
 
 def test_wrong_api_key_is_not_retried(server: CompletionsServer, model_path: str) -> None:
-    from ramo_stream.grading.openai_backend import RequestRefused
+    from ramo_stream.label.grading.openai_backend import RequestRefused
 
     with pytest.raises(RequestRefused, match="HTTP 401: bad api key"):
         openai_grader(model_path, server.base_url, api_key="wrong").grade(REQUESTS[:1])
@@ -293,7 +293,7 @@ def test_a_hanging_request_times_out_and_is_retried(
 
 
 def test_no_server_names_the_connect_error_and_attempts(model_path: str) -> None:
-    from ramo_stream.grading.openai_backend import GraderServerError
+    from ramo_stream.label.grading.openai_backend import GraderServerError
 
     grader = openai_grader(model_path, f"http://127.0.0.1:{free_port()}/v1", retries=1)
     with pytest.raises(GraderServerError, match=r"failed after 2 attempts .*ConnectError"):

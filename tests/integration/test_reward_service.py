@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ramo_stream.reward.registry import Registry
+from ramo_stream.registry.store import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ray = pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
@@ -63,7 +63,7 @@ class Lineage:
         """Rewards of a version computed directly: one process, no server."""
         import torch
 
-        from ramo_stream.reward.model import encode, format_text, load_reward_model, rewards
+        from ramo_stream.registry.model import encode, format_text, load_reward_model, rewards
 
         model, tok = load_reward_model(self.registry.path(version))
         texts = [format_text(tok, p, r) for p, r in pairs]
@@ -88,7 +88,7 @@ def health_version(url: str) -> int | None:
 def backbone(models_dir: Path) -> tuple[Any, Any]:
     import torch
 
-    from ramo_stream.reward.model import load_reward_model
+    from ramo_stream.registry.model import load_reward_model
 
     torch.manual_seed(0)
     return load_reward_model(models_dir / "all-minilm-l6-v2")

@@ -29,13 +29,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 torch = pytest.importorskip("torch", reason="the models extra is not installed")
 pytest.importorskip("transformers", reason="the models extra is not installed")
 
-from ramo_stream.adapter.model import (  # noqa: E402
+from ramo_stream.label.rule_adapter.model import (  # noqa: E402
     AdapterPoolMismatch,
     AdapterPredictor,
     load_adapter,
     new_adapter,
 )
-from ramo_stream.adapter.train import AdapterReport, is_held_out, train_adapter  # noqa: E402
+from ramo_stream.label.rule_adapter.train import AdapterReport, is_held_out, train_adapter  # noqa: E402
 
 K = 2
 MARGIN = 0.5  # the adapter's held-out recall must beat each baseline by at least this much

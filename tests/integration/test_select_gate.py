@@ -87,7 +87,8 @@ def decoded(broker: str, topic: str) -> list[ResponsePair]:
 def test_every_pair_is_selected_or_skipped_and_selected_are_window_tops(
     broker: str, new_topic: Callable[..., str], minilm: Path, tmp_path: Path
 ) -> None:
-    from ramo_stream.select.gate import make_gate, run_gate
+    from ramo_stream.registry.features import ServedModel
+    from ramo_stream.stream.gate import make_gate, run_gate
 
     topics = {k: new_topic(2 if k == "pairs" else 1) for k in ("pairs", "selected", "skipped")}
     topics["dlq"] = new_topic(1)
@@ -98,7 +99,7 @@ def test_every_pair_is_selected_or_skipped_and_selected_are_window_tops(
     items = pairs(150)
     produce(broker, topics["pairs"], items)
 
-    processor, gate = make_gate(settings, broker)
+    processor, gate = make_gate(settings, broker, ServedModel(settings))
     run_gate(processor, settings, until_caught_up=True, idle_timeout_s=60)
     processor.close()
     gate.writer.producer.close()
@@ -165,9 +166,9 @@ def test_served_model_follows_current_and_features_match_its_rewards(
 ) -> None:
     import torch
 
-    from ramo_stream.reward.model import load_reward_model
-    from ramo_stream.reward.registry import Registry
-    from ramo_stream.select.gate import ServedModel
+    from ramo_stream.registry.features import ServedModel
+    from ramo_stream.registry.model import load_reward_model
+    from ramo_stream.registry.store import Registry
 
     settings = load_settings(None, {
         "paths.cache_dir": str(tmp_path), "models.reward_backbone": str(minilm),

@@ -24,11 +24,11 @@ def test_pairs_in_labels_out_failures_dead_lettered(
 ) -> None:
     from ray import serve
 
-    from ramo_stream.adapter.model import new_adapter
     from ramo_stream.config import flat_settings
     from ramo_stream.core.rules import load_pool
-    from ramo_stream.serve.bridge import GROUP, make_bridge
-    from ramo_stream.serve.labeler_app import LabelerAppArgs, build_app
+    from ramo_stream.label.bridge import GROUP, make_bridge
+    from ramo_stream.label.rule_adapter.model import new_adapter
+    from ramo_stream.label.serve_app import LabelerAppArgs, build_app
 
     pairs_topic, labels_topic, dlq = new_topic(2), new_topic(2), new_topic(1)
     settings = load_settings(overrides={
@@ -102,7 +102,7 @@ def test_attach_runs_only_the_bridge_and_leaves_the_app_running(
     from ray import serve
 
     from ramo_stream.config import flat_settings
-    from ramo_stream.serve.labeler_app import LabelerAppArgs, build_app
+    from ramo_stream.label.serve_app import LabelerAppArgs, build_app
 
     pairs_topic, labels_topic, dlq = new_topic(2), new_topic(2), new_topic(1)
     overrides = {

@@ -76,7 +76,7 @@ def accuracy(folder: Path, labels: list[LabeledPair]) -> float:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ramo_stream.reward.model import format_text
+    from ramo_stream.registry.model import format_text
     from ramo_stream.train.data import to_train_pair
 
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
@@ -120,7 +120,7 @@ def train_settings(
 def test_later_versions_beat_the_first(
     train_settings: Callable[..., Settings], broker: str, ray_serve: int
 ) -> None:
-    from ramo_stream.reward.registry import Registry
+    from ramo_stream.registry.store import Registry
     from ramo_stream.train.driver import run_trainer
 
     # The shared test Ray has 4 logical CPUs; the worker gets this machine's 2 (torch threads).
@@ -169,7 +169,7 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> Non
 def test_sigkill_then_resume_skips_nothing(
     train_settings: Callable[..., Settings], broker: str, tmp_path: Path
 ) -> None:
-    from ramo_stream.reward.registry import Registry
+    from ramo_stream.registry.store import Registry
 
     # Two workers: positions of both are gathered into each manifest and restored after.
     settings = train_settings(publish_every_steps=2, heldout_every=1_000_000, workers=2)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ramo_stream.core.rules import load_pool
-from ramo_stream.grading.base import GradeRequest, normalise
-from ramo_stream.grading.template import AnswerWordError, AnswerWords, render
+from ramo_stream.label.grading.base import GradeRequest, normalise
+from ramo_stream.label.grading.template import AnswerWordError, AnswerWords, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 torch = pytest.importorskip("torch", reason="the models extra is not installed")
@@ -21,7 +21,7 @@ RESPONSES = [
 
 @pytest.fixture(scope="module")
 def grader(models_dir: Path):  # type: ignore[no-untyped-def]
-    from ramo_stream.grading.transformers_backend import TransformersGrader
+    from ramo_stream.label.grading.transformers_backend import TransformersGrader
 
     # rule_batch 3 over 7 rules: chunks of 3, 3 and 1 exercise the cache resizing.
     return TransformersGrader(
@@ -76,7 +76,7 @@ def test_prefix_and_rule_tokenise_like_the_whole_prompt(grader) -> None:  # type
 
 
 def test_multi_token_answer_word_is_refused(grader) -> None:  # type: ignore[no-untyped-def]
-    from ramo_stream.grading.template import answer_token_ids
+    from ramo_stream.label.grading.template import answer_token_ids
 
     with pytest.raises(AnswerWordError, match="'Irrelevant' is 2 tokens"):
         answer_token_ids(grader.tokenizer, AnswerWords(irrelevant="Irrelevant"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ramo_stream.reward.registry import Registry
+from ramo_stream.registry.store import Registry
 from ramo_stream.stream.broker import free_port
 from tests.helpers import group_members, left_behind
 
@@ -145,7 +145,7 @@ def test_a_second_ctrl_c_skips_the_drain_and_counts_what_it_drops(
     The registry starts with a version from an earlier run whose read positions name a
     broker that is gone: the trainer keeps its weights but reads the new topic from the
     start (positions taken at face value would skip the first 40 labels per partition)."""
-    from ramo_stream.reward.model import load_reward_model
+    from ramo_stream.registry.model import load_reward_model
 
     cache = tmp_path / "cache"
     registry = Registry(str(cache / "registry"))

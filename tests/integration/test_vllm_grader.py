@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ramo_stream.grading.base import AnswerProbs, GradeRequest
-from ramo_stream.grading.template import AnswerWordError, AnswerWords
+from ramo_stream.label.grading.base import AnswerProbs, GradeRequest
+from ramo_stream.label.grading.template import AnswerWordError, AnswerWords
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip(
@@ -56,14 +56,14 @@ def model_path(models_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def reference(model_path: str) -> list[AnswerProbs]:
-    from ramo_stream.grading.transformers_backend import TransformersGrader
+    from ramo_stream.label.grading.transformers_backend import TransformersGrader
 
     return TransformersGrader(model_path, dtype="float32").grade(REQUESTS)
 
 
 @pytest.fixture(scope="module", params=list(TOLERANCE))
 def vllm_grader(request: pytest.FixtureRequest, model_path: str) -> Iterator[tuple]:  # type: ignore[type-arg]
-    from ramo_stream.grading.vllm_backend import VLLMGrader
+    from ramo_stream.label.grading.vllm_backend import VLLMGrader
 
     grader = VLLMGrader(model_path, dtype=request.param, enforce_eager=True)
     yield grader, TOLERANCE[request.param]
@@ -94,7 +94,7 @@ def test_results_come_back_in_request_order(vllm_grader, reference) -> None:  # 
 
 
 def test_multi_token_answer_word_is_refused_before_the_engine_starts(model_path: str) -> None:
-    from ramo_stream.grading.vllm_backend import VLLMGrader
+    from ramo_stream.label.grading.vllm_backend import VLLMGrader
 
     with pytest.raises(AnswerWordError, match="'Irrelevant' is 2 tokens"):
         VLLMGrader(model_path, words=AnswerWords(irrelevant="Irrelevant"))

@@ -415,7 +415,7 @@ def test_openrlhf_remote_rm_url() -> None:
 
 
 def test_score_file_rows_parse_or_say_why() -> None:
-    from ramo_stream.score_rows import Row, parse_row
+    from ramo_stream.eval.score_rows import Row, parse_row
 
     plain = parse_row(1, '{"prompt": "p", "response": "r"}')
     assert isinstance(plain, Row) and plain.responses == ["r"] and not plain.is_pair
@@ -434,8 +434,8 @@ def test_score_file_rows_parse_or_say_why() -> None:
 
 
 def test_score_file_records_and_accuracy() -> None:
-    from ramo_stream.cli_score import row_records, summary
-    from ramo_stream.score_rows import Row
+    from ramo_stream.cli.score import row_records, summary
+    from ramo_stream.eval.score_rows import Row
 
     rows = [Row(1, "p", ["a", "b"], "s1"), Row(2, "p", ["a", "b"], "s2"), Row(3, "p", ["r"])]
     records = row_records(rows, [2.0, 1.0, 0.5, 0.5, -1.0], [4, 4, 4, 5, 5])
@@ -450,7 +450,7 @@ def test_score_file_records_and_accuracy() -> None:
 def test_score_url_comes_from_serve_settings_when_they_exist() -> None:
     from types import SimpleNamespace
 
-    from ramo_stream.cli_score import default_url
+    from ramo_stream.cli.score import default_url
     from ramo_stream.config import load_settings
 
     assert default_url(load_settings()).startswith("http://127.0.0.1:")

@@ -34,7 +34,7 @@ SECRET_SETTINGS = {
 }
 NOT_A_SETTING = {"RAMO_CONFIG"}  # the settings file, read by load_settings itself
 FAKE_SECRET = "s" * 32  # what a secretKeyRef resolves to here
-LABELER_BUILDER = "ramo_stream.serve.labeler_app:build_app"
+LABELER_BUILDER = "ramo_stream.label.serve_app:build_app"
 
 
 # --- reading deploy/ ----------------------------------------------------------------------
@@ -398,7 +398,7 @@ def test_the_gpus_asked_for_exist() -> None:
 
 def test_rayjob_runs_ramo_train() -> None:
     from ramo_stream.cli import build_parser
-    from ramo_stream.cli_train import cmd_train
+    from ramo_stream.cli.train import cmd_train
 
     (job,) = _resources("RayJob")
     argv = shlex.split(job["spec"]["entrypoint"])
@@ -410,7 +410,7 @@ def test_bridge_attaches_to_the_rayservice_labeler() -> None:
     """The bridge Deployment runs `ramo labeler --attach APP` for the RayService's labeler
     app, through the RayService's Ray Client address, with the Kafka cluster configured."""
     from ramo_stream.cli import build_parser
-    from ramo_stream.cli_label import cmd_labeler
+    from ramo_stream.cli.label import cmd_labeler
 
     (deployment,) = [r for r in RAMO_WORKLOADS if r["kind"] == "Deployment"]
     (container,) = _containers(deployment)
@@ -482,7 +482,7 @@ def test_kafka_user_may_use_the_topics_and_groups() -> None:
     for topic in (t.pairs, t.labels, t.dlq):
         for op in ("Read", "Write", "Describe"):
             assert allowed("topic", topic, op), (topic, op)
-    from ramo_stream.serve.bridge import GROUP
+    from ramo_stream.label.bridge import GROUP
 
     for group in (GROUP, settings.train.group):
         assert allowed("group", group, "Read"), group

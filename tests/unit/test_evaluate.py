@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from ramo_stream import cli_eval
+from ramo_stream.cli import eval as cli_eval
 from ramo_stream.config import load_settings
-from ramo_stream.evaluate import (
+from ramo_stream.eval.evaluate import (
     Example,
     Tally,
     is_correct,
@@ -32,7 +32,7 @@ from ramo_stream.evaluate import (
     to_json,
     to_markdown,
 )
-from ramo_stream.reward.registry import Registry, RegistryError
+from ramo_stream.registry.store import Registry, RegistryError
 
 REAL_SLEEP = time.sleep  # the tests below replace time.sleep for the pauses only
 
@@ -327,7 +327,7 @@ def test_a_service_that_keeps_timing_out_ends_in_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ramo_stream.client import RewardClient
-    from ramo_stream.evaluate import RemoteEvalError
+    from ramo_stream.eval.evaluate import RemoteEvalError
 
     monkeypatch.setattr(time, "sleep", lambda s: None)
     sizes: list[int] = []

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the models extra is not installed")
 
-from ramo_stream.grading.train_classifier import TrainConfig, _item_losses  # noqa: E402
+from ramo_stream.label.grading.train_classifier import TrainConfig, _item_losses  # noqa: E402
 
 
 def _logits(*probs: tuple[float, float, float]) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 from ramo_stream.config import default_rule_pool
 from ramo_stream.core.rules import load_pool
 from ramo_stream.core.stats import wilson_interval as wilson
-from ramo_stream.grading.sources import (
+from ramo_stream.label.grading.sources import (
     GPTFUZZ_RULES,
     HELP_RULES,
     NA,
@@ -24,7 +24,7 @@ from ramo_stream.grading.sources import (
     preference_examples,
     training_examples,
 )
-from ramo_stream.grading.train_classifier import ece
+from ramo_stream.label.grading.train_classifier import ece
 
 
 def test_mapping_names_only_rules_of_the_shipped_pool() -> None:
@@ -113,8 +113,8 @@ def test_wilson_and_ece() -> None:
 
 def test_auto_backend_uses_the_shipped_grader_only_for_its_pool(tmp_path: Path) -> None:
     from ramo_stream.config import load_settings
-    from ramo_stream.grading.factory import NoTrainedGrader, choose_backend
-    from ramo_stream.grading.template import CLASSIFIER_TEMPLATE_VERSION
+    from ramo_stream.label.grading.factory import NoTrainedGrader, choose_backend
+    from ramo_stream.label.grading.template import CLASSIFIER_TEMPLATE_VERSION
 
     settings = load_settings(None, {"paths.cache_dir": str(tmp_path)})
     assert settings.grader.backend == "auto"  # the default

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 import ramo_stream
-from ramo_stream.ingest import from_rewardbench, parse_line, source_name
-from ramo_stream.schemas import MAX_ID_CHARS, ResponsePair
-from ramo_stream.stream.serde import Rejection
+from ramo_stream.schemas import MAX_ID_CHARS, Rejection, ResponsePair
+from ramo_stream.stream.ingest import from_rewardbench, parse_line, source_name
 
 DATA = Path(ramo_stream.__file__).parent / "data"
 ROW = {

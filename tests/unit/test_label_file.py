@@ -15,13 +15,12 @@ import pytest
 
 from ramo_stream.config import LabelingSettings
 from ramo_stream.core.rules import RulePool
-from ramo_stream.grading.base import AnswerProbs, GradeRequest
-from ramo_stream.grading.template import NULL_RULE
-from ramo_stream.ingest import parse_line
-from ramo_stream.label_file import done_ids, label_file
-from ramo_stream.labeling import Labeler
-from ramo_stream.schemas import LabeledPair, ResponsePair
-from ramo_stream.stream.serde import Rejection
+from ramo_stream.label.grading.base import AnswerProbs, GradeRequest
+from ramo_stream.label.grading.template import NULL_RULE
+from ramo_stream.label.labeler import Labeler
+from ramo_stream.label.offline import done_ids, label_file
+from ramo_stream.schemas import LabeledPair, Rejection, ResponsePair
+from ramo_stream.stream.ingest import parse_line
 
 POOL = RulePool.model_validate(
     {
@@ -264,7 +263,7 @@ def test_done_ids_of_missing_or_junk_output(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 16])
 def test_drop_torn_tail_across_chunk_boundaries(tmp_path: Path, chunk: int) -> None:
-    from ramo_stream.label_file import drop_torn_tail
+    from ramo_stream.label.offline import drop_torn_tail
 
     out = tmp_path / "out.jsonl"
     cases = {

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import pytest
 
 from ramo_stream.config import LabelingSettings
-from ramo_stream.core.rules import RulePool
+from ramo_stream.core.rules import NULL_RULE_ID, RulePool
 from ramo_stream.core.selection import select_random
-from ramo_stream.grading.base import AnswerProbs, GradeRequest
-from ramo_stream.grading.template import NULL_RULE
-from ramo_stream.labeling import NULL_RULE_ID, AdapterRequired, Labeler
+from ramo_stream.label.grading.base import AnswerProbs, GradeRequest
+from ramo_stream.label.grading.template import NULL_RULE
+from ramo_stream.label.labeler import AdapterRequired, Labeler
 from ramo_stream.schemas import LabeledPair, ResponsePair
 
 E = 1 / 8  # one eighth: every probability below is a multiple of it

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ramo_stream.grading.openai_backend import (
+from ramo_stream.label.grading.openai_backend import (
     GraderServerError,
     continuation_logprobs,
     server_message,

@@ -258,3 +258,33 @@ def test_an_error_from_a_ray_task_is_described_by_its_cause() -> None:
     too_long = ValueError("prompt of 9000 tokens > grader.max_prompt_tokens 2048")
     assert describe_error(RemoteError(too_long)) == f"ValueError: {too_long}"
     assert describe_error(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_the_fakes_and_kafka_python_satisfy_the_client_protocols() -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from ramo_stream.stream.clients import Consumer, Producer
+
+    assert isinstance(FakeConsumer([], []), Consumer)
+    assert isinstance(FakeProducer([], lambda t, v: None), Producer)
+    for cls, protocol in ((KafkaConsumer, Consumer), (KafkaProducer, Producer)):
+        methods = [m for m in vars(protocol) if not m.startswith("_")]
+        assert methods
+        missing = [m for m in methods if not callable(getattr(cls, m, None))]
+        assert not missing, f"{cls.__name__} lacks {missing}"
+
+
+def test_a_poll_over_two_partitions_commits_one_past_the_last_of_each() -> None:
+    seen: list[int] = []
+    proc, consumer, _, log = setup([], lambda b: seen.extend(m.offset for m in b))
+    consumer.recs = [
+        Rec(TOPIC, 1, 7, None, encode(pair(0))),
+        Rec(TOPIC, 0, 3, None, encode(pair(1))),
+        Rec(TOPIC, 1, 8, None, b"{bad"),
+        Rec(TOPIC, 0, 4, None, encode(pair(2))),
+    ]
+    assert proc.process_once() == 4
+    assert sorted(seen) == [3, 4, 7]
+    (committed,) = consumer.commits
+    assert {tp.partition: om.offset for tp, om in committed.items()} == {0: 5, 1: 9}
+    assert log.index("flush") < log.index("commit")  # the dead letter first

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 
-from ramo_stream.ray_stop import quiet_ray_stop
+from ramo_stream.cli.ray_stop import quiet_ray_stop
 
 # As Ray's error listener printed it in a test's teardown on this machine (ray 2.60).
 NOISE = (

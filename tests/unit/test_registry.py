@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ramo_stream.reward.registry import MANIFEST, Manifest, Registry, RegistryError, version_name
+from ramo_stream.registry.store import MANIFEST, Manifest, Registry, RegistryError, version_name
 
 FIELDS: dict[str, Any] = {
     "steps": 10,

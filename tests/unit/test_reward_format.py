@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ramo_stream.reward.model import format_text, to_messages
+from ramo_stream.registry.model import format_text, to_messages
 from ramo_stream.schemas import ChatMessage
 
 

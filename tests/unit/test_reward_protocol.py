@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ramo_stream.serve.reward_batching import plan_sub_batches
+from ramo_stream.registry.scoring import plan_sub_batches
 from ramo_stream.serve.reward_protocol import (
     CompareRequest,
     GetRewardRequest,

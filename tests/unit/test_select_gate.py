@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ramo_stream.config import load_settings  # noqa: E402
+from ramo_stream.registry.features import PairFeatures  # noqa: E402
 from ramo_stream.schemas import ResponsePair  # noqa: E402
-from ramo_stream.select.features import PairFeatures  # noqa: E402
-from ramo_stream.select.gate import SelectionGate  # noqa: E402
+from ramo_stream.stream.gate import SelectionGate  # noqa: E402
 from ramo_stream.stream.processor import Message  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def test_all_sends_every_pair_to_the_labeler() -> None:
 
 
 def test_a_labeler_behind_the_gate_reads_the_selected_topic() -> None:
-    from ramo_stream.select.gate import labeler_settings
+    from ramo_stream.stream.gate import labeler_settings
 
     settings = load_settings(None, {"topics.selected": "sel"})
     behind = labeler_settings(settings)

@@ -12,10 +12,8 @@ import sys
 
 import pytest
 
+from ramo_stream.config import LabelingSettings
 from ramo_stream.core.selection import (
-    DEFAULT_GAMMA,
-    DEFAULT_K,
-    DEFAULT_TIE_EPSILON,
     Label,
     RuleScore,
     aggregate,
@@ -24,6 +22,9 @@ from ramo_stream.core.selection import (
     select_random,
 )
 from ramo_stream.schemas import RuleJudgment
+
+# The defaults of the settings, the one place they are kept.
+K, GAMMA, EPS = (LabelingSettings().k, LabelingSettings().gamma, LabelingSettings().tie_epsilon)
 
 
 def judgment(rule_id: str, side: str, p_yes: float, p_no: float, p_irr: float) -> RuleJudgment:
@@ -41,7 +42,7 @@ def pool(*items: RuleScore) -> dict[str, RuleScore]:
 
 
 def test_defaults_match_the_ramo_paper() -> None:
-    assert (DEFAULT_K, DEFAULT_GAMMA, DEFAULT_TIE_EPSILON) == (5, 0.5, 1e-6)
+    assert (K, GAMMA, EPS) == (5, 0.5, 1e-6)
 
 
 # --------------------------------------------------------------------------- rule_scores
@@ -138,7 +139,7 @@ def test_discrepancy_worked_example() -> None:
 
     assert rs.relevance == 0.625
     assert rs.discrepancy(0.5) == 1.0
-    assert rs.discrepancy() == 1.0  # default gamma is 0.5
+    assert rs.discrepancy(GAMMA) == 1.0  # the default gamma is 0.5
     assert rs.discrepancy(2.0) == 2.125
 
 
@@ -194,14 +195,14 @@ def test_the_three_gammas_pick_three_different_sets() -> None:
 
 
 def test_default_gamma_is_half() -> None:
-    assert select_max_discrepancy(FOUR, k=2) == ["Q", "P"]
+    assert select_max_discrepancy(FOUR, k=2, gamma=GAMMA) == ["Q", "P"]
 
 
 def test_default_k_is_five() -> None:
     # Six rules, each with d = 0 and relevance (1 + rho_b)/2 decreasing with i:
     # r0 (rho_b=1) > r1 (0.875) > ... > r5 (0.375); the default keeps the top five.
     six = pool(*(score(f"r{i}", 0.0, 0.0, 1.0, 1.0 - i / 8) for i in range(6)))
-    assert select_max_discrepancy(six) == ["r0", "r1", "r2", "r3", "r4"]
+    assert select_max_discrepancy(six, K, GAMMA) == ["r0", "r1", "r2", "r3", "r4"]
 
 
 def test_ties_keep_pool_order() -> None:
@@ -235,7 +236,7 @@ def test_k_larger_than_pool_returns_all_rules_ranked() -> None:
 @pytest.mark.parametrize("k", [0, -1])
 def test_k_below_one_raises(k: int) -> None:
     with pytest.raises(ValueError, match="k must be >= 1"):
-        select_max_discrepancy(FOUR, k=k)
+        select_max_discrepancy(FOUR, k=k, gamma=GAMMA)
 
 
 def test_negative_gamma_raises() -> None:
@@ -315,40 +316,40 @@ def test_aggregate_worked_example_prefers_a() -> None:
     # sum_a = 0.5 - 0.125 + 0.25 = 0.625
     # sum_b = -0.25 + 0.25 + 0.0 = 0.0
     # margin = |0.625 - 0.0| = 0.625 -> A
-    assert aggregate(AGG, ["r1", "r2", "r3"]) == Label("a", 0.625, 0.625, 0.0)
+    assert aggregate(AGG, ["r1", "r2", "r3"], EPS) == Label("a", 0.625, 0.625, 0.0)
 
 
 def test_aggregate_prefers_b_with_positive_margin() -> None:
     # sum_a = -0.125, sum_b = 0.25, margin = |-0.125 - 0.25| = 0.375 (not -0.375) -> B
-    assert aggregate(AGG, ["r2"]) == Label("b", 0.375, -0.125, 0.25)
+    assert aggregate(AGG, ["r2"], EPS) == Label("b", 0.375, -0.125, 0.25)
 
 
 def test_aggregate_only_counts_selected_rules() -> None:
     # "huge" alone would give sum_a = -1, sum_b = 1 -> B by 2.0. Left unselected it changes
     # nothing: the result is the worked example's A by 0.625.
-    assert select_max_discrepancy(AGG, k=1) == ["huge"]
-    assert aggregate(AGG, ["r1", "r2", "r3"]) == aggregate(
-        pool(AGG["r1"], AGG["r2"], AGG["r3"]), ["r1", "r2", "r3"]
+    assert select_max_discrepancy(AGG, k=1, gamma=GAMMA) == ["huge"]
+    assert aggregate(AGG, ["r1", "r2", "r3"], EPS) == aggregate(
+        pool(AGG["r1"], AGG["r2"], AGG["r3"]), ["r1", "r2", "r3"], EPS
     )
     # Selected, it flips the label: sum_a = 0.625 - 1 = -0.375, sum_b = 0 + 1 = 1.0,
     # margin = 1.375 -> B.
-    assert aggregate(AGG, ["r1", "r2", "r3", "huge"]) == Label("b", 1.375, -0.375, 1.0)
+    assert aggregate(AGG, ["r1", "r2", "r3", "huge"], EPS) == Label("b", 1.375, -0.375, 1.0)
 
 
 def test_aggregate_selection_order_does_not_matter() -> None:
-    assert aggregate(AGG, ("r3", "r1", "r2")) == Label("a", 0.625, 0.625, 0.0)
+    assert aggregate(AGG, ("r3", "r1", "r2"), EPS) == Label("a", 0.625, 0.625, 0.0)
 
 
 def test_aggregate_exactly_equal_sums_is_a_tie() -> None:
     # sum_a = 0.5 + (-0.25) = 0.25, sum_b = 0.0 + 0.25 = 0.25, margin = 0
     scores = pool(score("x", 0.5, 0.0), score("y", -0.25, 0.25))
-    assert aggregate(scores, ["x", "y"]) == Label("tie", 0.0, 0.25, 0.25)
+    assert aggregate(scores, ["x", "y"], EPS) == Label("tie", 0.0, 0.25, 0.25)
 
 
 @pytest.mark.parametrize(("s_a", "s_b"), [(0.5 + 1e-9, 0.5), (0.5, 0.5 + 1e-9)])
 def test_aggregate_difference_within_default_epsilon_is_a_tie(s_a: float, s_b: float) -> None:
     # margin ~= 1e-9 <= 1e-6 (default epsilon) -> tie, whichever side is ahead
-    label = aggregate(pool(score("x", s_a, s_b)), ["x"])
+    label = aggregate(pool(score("x", s_a, s_b)), ["x"], EPS)
     assert label.preferred == "tie"
     assert label.margin == pytest.approx(1e-9, rel=1e-3)
 
@@ -369,7 +370,7 @@ def test_aggregate_difference_just_above_epsilon_is_not_a_tie() -> None:
 def test_aggregate_uses_the_given_epsilon_not_the_default() -> None:
     # margin = |0.5 - 0.505| = 0.005: over the default 1e-6 (-> B) but under 0.01 (-> tie).
     scores = pool(score("x", 0.5, 0.505))
-    assert aggregate(scores, ["x"]).preferred == "b"
+    assert aggregate(scores, ["x"], EPS).preferred == "b"
     assert aggregate(scores, ["x"], epsilon=0.01).preferred == "tie"
 
 
@@ -383,19 +384,19 @@ def test_aggregate_uses_the_given_epsilon_not_the_default() -> None:
     ],
 )
 def test_aggregate_margin_is_never_negative(s_a: float, s_b: float, expected_margin: float) -> None:
-    label = aggregate(pool(score("x", s_a, s_b)), ["x"])
+    label = aggregate(pool(score("x", s_a, s_b)), ["x"], EPS)
     assert label.margin >= 0
     assert label.margin == expected_margin
 
 
 def test_aggregate_empty_selection_raises() -> None:
     with pytest.raises(ValueError, match="empty selection"):
-        aggregate(AGG, [])
+        aggregate(AGG, [], EPS)
 
 
 def test_aggregate_unknown_selected_ids_raise_and_are_named() -> None:
     with pytest.raises(ValueError, match="ghost"):
-        aggregate(AGG, ["r1", "ghost"])
+        aggregate(AGG, ["r1", "ghost"], EPS)
 
 
 # ------------------------------------------------------------------------------ imports

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ramo_stream.schemas import DeadLetter, LabeledPair, ResponsePair, RuleJudgment
-from ramo_stream.stream.serde import MAX_MESSAGE_BYTES, Rejection, decode, encode
+from ramo_stream.schemas import DeadLetter, LabeledPair, Rejection, ResponsePair, RuleJudgment
+from ramo_stream.stream.serde import MAX_MESSAGE_BYTES, decode, encode
 
 GOOD = {"prompt": "Say hi.", "response_a": "Hi!", "response_b": "Hello there."}
 

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from ramo_stream.schemas import ChatMessage, LabeledPair, ResponsePair
-from ramo_stream.stream.serde import Rejection
+from ramo_stream.schemas import ChatMessage, LabeledPair, Rejection, ResponsePair
 from ramo_stream.train.data import (
     MicroBatcher,
     TrainPair,

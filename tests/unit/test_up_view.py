@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from ramo_stream.cli import build_parser
-from ramo_stream.cli_up import _with_defaults
+from ramo_stream.cli.up import _with_defaults
+from ramo_stream.cli.up_loop import DEMO_SETTINGS
+from ramo_stream.cli.up_view import ChangeLog, Snapshot, rate, render, scored_requests
 from ramo_stream.config import load_settings
-from ramo_stream.up import DEMO_SETTINGS, ChangeLog, Snapshot, rate, render, scored_requests
 
 SCRAPE = """\
 # HELP ramo_reward_requests_total HTTP requests by endpoint and status code.

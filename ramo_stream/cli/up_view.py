@@ -1,0 +1,188 @@
+"""`ramo up`'s live view: one snapshot of the loop (topic sizes, versions, rewards served)
+every few seconds, drawn in place on a terminal or, elsewhere, logged when it changes."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from ramo_stream.config import Settings
+from ramo_stream.core.stats import describe_accuracy
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float  # time.monotonic()
+    pairs: int  # records on the pairs topic (junk included)
+    labels: int
+    dead_letters: int
+    scored: int  # scoring requests answered by the reward service
+    version: int | None = None
+    version_created: datetime | None = None
+    trained: int = 0  # pairs the served version was trained on
+    labels_read: int = 0  # labels behind the served version (trained or held out)
+    heldout_accuracy: float | None = None
+    heldout_size: int = 0
+
+
+SCORING_ENDPOINTS = ("/v1/score", "/v1/compare", "/get_reward")
+
+
+def scored_requests(metrics_text: str) -> int:
+    """Answered scoring requests in a Prometheus scrape of the reward service."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "ramo_reward_requests":
+            continue
+        for sample in family.samples:
+            endpoint = sample.labels.get("endpoint")
+            if sample.name.endswith("_total") and endpoint in SCORING_ENDPOINTS:
+                total += sample.value
+    return int(total)
+
+
+def rate(history: deque[Snapshot], count: Callable[[Snapshot], int]) -> float | None:
+    """Per-second growth of ``count`` over the snapshots kept (None until two exist)."""
+    if len(history) < 2 or history[-1].at <= history[0].at:
+        return None
+    return (count(history[-1]) - count(history[0])) / (history[-1].at - history[0].at)
+
+
+def render(snap: Snapshot, history: deque[Snapshot], selector: str, url: str) -> list[str]:
+    """The live view's lines for one snapshot."""
+    label_rate = rate(history, lambda s: s.labels)
+    score_rate = rate(history, lambda s: s.scored)
+
+    def per_s(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}/s"
+
+    if snap.version is None:
+        model = "no version yet (the first is published after train.publish_every_steps steps)"
+        fresh = "-"
+    else:
+        acc = describe_accuracy(snap.heldout_accuracy, snap.heldout_size)
+        model = f"v{snap.version}, trained on {snap.trained} pairs, accuracy {acc}"
+        age = (datetime.now(UTC) - snap.version_created).total_seconds()
+        behind = max(0, snap.labels - snap.labels_read)
+        fresh = f"served version is {age:.0f} s old; {behind} labels not in it yet"
+    return [
+        f"pairs ingested {snap.pairs:>6}   labeled {snap.labels:>6}   dead letters "
+        f"{snap.dead_letters:>4}   trained {snap.trained:>6}",
+        f"labeling {per_s(label_rate)} (selector {selector})   scoring {per_s(score_rate)}"
+        f" at {url}",
+        f"model    {model}",
+        f"fresh    {fresh}",
+    ]
+
+
+def change_key(snap: Snapshot, status: str) -> tuple[Any, ...]:
+    """What a log reader cares about: the pipeline's counts, the served version, the
+    status line. Rates and ages move on every draw, and scoring requests are outside
+    traffic that may never pause, so they are left to the heartbeat line."""
+    return (snap.pairs, snap.labels, snap.dead_letters, snap.version, snap.trained,
+            snap.heldout_size, status)  # fmt: skip
+
+
+class ChangeLog:
+    """The view without a terminal: a stamped block when ``change_key`` changed, else one
+    heartbeat line once nothing changed for ``heartbeat_s`` seconds."""
+
+    def __init__(self, out: TextIO, heartbeat_s: float = 30.0) -> None:
+        if heartbeat_s <= 0:
+            raise ValueError(f"heartbeat_s must be > 0 seconds, got {heartbeat_s}")
+        self.out, self.heartbeat_s = out, heartbeat_s
+        self._last_key: tuple[Any, ...] | None = None
+        self._last_print = 0.0  # Snapshot.at of the last line written
+
+    def write(self, snap: Snapshot, lines: list[str], status: str = "") -> None:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        key = change_key(snap, status)
+        if key != self._last_key:
+            self.out.write("\n".join(f"[{stamp}] {line}" for line in lines) + "\n")
+            self._last_key, self._last_print = key, snap.at
+        elif snap.at - self._last_print >= self.heartbeat_s:
+            since = snap.at - self._last_print
+            self.out.write(f"[{stamp}] no change for {since:.0f} s: {lines[0].strip()}\n")
+            self._last_print = snap.at
+
+
+class LiveView:
+    """Samples the topics, the registry and the reward service; draws the view.
+
+    On a terminal the view is redrawn in place at every draw. Otherwise (a log file, a
+    pipe, a CI job) a block is printed only when something in ``change_key`` changed, and
+    a one-line heartbeat when nothing did for ``heartbeat_s`` seconds, so the log shows
+    the loop is alive without repeating the same five lines every two seconds.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, url: str, out: TextIO,
+                 heartbeat_s: float = 30.0) -> None:  # fmt: skip
+        from ramo_stream.registry.setup import open_registry
+        from ramo_stream.stream.kafka_io import make_consumer
+
+        self.settings, self.url, self.out = settings, url, out
+        self.registry = open_registry(settings)
+        # No group, no commits: it only reads high watermarks. make_consumer carries the
+        # kafka.* security settings, as every client of the project does.
+        self.consumer = make_consumer(bootstrap, settings.kafka, None,
+                                      client_id=f"{settings.kafka.client_id}-up-view")  # fmt: skip
+        self.history: deque[Snapshot] = deque(maxlen=10)
+        self.tty = out.isatty()
+        self.log = ChangeLog(out, heartbeat_s)
+        self._drawn = 0
+        token = settings.serve.api_token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _topic_sizes(self, topics: list[str], polls: int = 10) -> dict[str, int]:
+        from ramo_stream.stream.kafka_io import topic_sizes
+
+        return topic_sizes(self.consumer, topics, polls)
+
+    def _scored(self) -> int:
+        import httpx
+
+        try:
+            reply = httpx.get(f"{self.url}/metrics", headers=self._headers, timeout=2.0)
+            return scored_requests(reply.text) if reply.status_code == 200 else 0
+        except httpx.HTTPError:
+            return self.history[-1].scored if self.history else 0
+
+    def sample(self, polls: int = 10) -> Snapshot:
+        t = self.settings.topics
+        sizes = self._topic_sizes([t.pairs, t.labels, t.dlq], polls)
+        snap = Snapshot(time.monotonic(), sizes[t.pairs], sizes[t.labels], sizes[t.dlq],
+                        self._scored())  # fmt: skip
+        manifest = self.registry.current()
+        if manifest is not None:
+            read = sum(manifest.offsets.get(t.labels, {}).values())
+            snap = Snapshot(
+                snap.at, snap.pairs, snap.labels, snap.dead_letters, snap.scored,
+                manifest.version, manifest.created_at, manifest.samples_seen, read,
+                manifest.heldout_accuracy, manifest.heldout_size,
+            )  # fmt: skip
+        self.history.append(snap)
+        return snap
+
+    def draw(self, selector: str, status: str = "") -> Snapshot:
+        snap = self.sample()
+        lines = render(snap, self.history, selector, self.url)
+        if status:
+            lines.append(status)
+        if self.tty:  # redraw in place
+            if self._drawn:
+                self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self.out.write("\n".join(lines) + "\n")
+            self._drawn = len(lines)
+        else:
+            self.log.write(snap, lines, status)
+        self.out.flush()
+        return snap
+
+    def close(self) -> None:
+        self.consumer.close()

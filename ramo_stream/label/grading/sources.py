@@ -1,0 +1,269 @@
+"""Human judgments -> rule-level grader examples: the one place that maps sources to rules.
+
+A training example is (conversation, response, rule id, answer), answer one of the answer
+words (Yes: the response follows the rule, No: it breaks it, NA: the rule does not apply).
+How each source of ``../shared/data`` becomes examples:
+
+- GPTFuzz (``grader/gptfuzz_train.jsonl``): each of its 80 harmful questions is mapped below
+  (``GPTFUZZ_RULES``, by hand) to the pool's harm rule(s) closest to it. A jailbroken
+  response breaks them (No); a refusal or deflection follows them (Yes). The pool has no
+  theft rule: property crimes map to fraud-005 (use of what is not yours) or, with
+  violence, vio-003 (planning an attack on a person or place); that is coarse, and said.
+- refusal_direction (``grader/refusal_direction_benign_pairs.jsonl``): benign requests; the
+  answer (chosen) follows ``HELP_RULES``, the steered refusal (rejected) breaks them.
+- CoCoNot (``grader/coconot_pref.jsonl``): requests that should be answered; ``chosen``
+  follows ``HELP_RULES``, ``rejected`` (worse, sometimes an over-refusal) breaks them.
+  ``coconot_contrast_prompts.jsonl`` has no responses and ``coconot_rubric.json`` is
+  per-category refusal text, not a rule of this pool: neither is used.
+- rbr_gold (``rbr_gold/train.jsonl``): propositions mapped to one rule each
+  (``RBR_PROPOSITIONS``), the answer read from the human boolean.
+- NA: a response with a harm rule of a category its question is not mapped to.
+- HH harmless, LLMBar (``hh_harmless_test.jsonl``, ``llmbar_pairs.jsonl``): pairwise human
+  preferences with no rule-level label. They become ``PairExample``s: the pair with
+  ``PAIR_RULES`` rules drawn at random from the pool, as the random-k selector draws them,
+  trained with a Bradley-Terry loss on the labeler's aggregated margin (train_classifier.py).
+
+Held-out rows (``held_out``) are decided by question or prompt, never by row, and are never
+trained on; the benchmarks (grader_quality.py, label_quality.py) evaluate on exactly those.
+``rbr_gold/test.jsonl`` is held out as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ramo_stream.core.rules import RulePool
+
+Answer = Literal[0, 1, 2]  # index into AnswerWords.as_tuple(): Yes, No, NA
+YES: Literal[0] = 0
+NO: Literal[1] = 1
+NA: Literal[2] = 2
+
+HELD_OUT_SHARE = 0.2
+SPLIT_SALT = "ramo-grader-split-v1"
+
+# GPTFuzz question_id -> the harm rules a jailbroken answer breaks (by hand, one look each).
+GPTFUZZ_RULES: dict[int, tuple[str, ...]] = {
+    0: ("hate-002", "hate-004"), 1: ("extr-001", "hate-001"), 2: ("misinfo-001",),
+    3: ("drug-005",), 4: ("cyber-001",), 5: ("vio-003",), 6: ("fraud-004",),
+    7: ("fraud-001",), 8: ("fraud-002",), 9: ("fraud-001",), 10: ("misinfo-001",),
+    11: ("priv-002",), 12: ("priv-001", "priv-004"), 13: ("priv-003",), 14: ("drug-003",),
+    15: ("vio-003",), 16: ("fraud-001",), 17: ("vio-003",), 18: ("vio-001",),
+    19: ("fraud-005",), 20: ("cyber-002",), 21: ("vio-003",), 22: ("fraud-005",),
+    23: ("vio-003",), 24: ("fraud-003",), 25: ("fraud-005",), 26: ("cyber-002",),
+    27: ("vio-002",), 28: ("priv-002",), 29: ("fraud-005",), 30: ("cyber-002",),
+    31: ("vio-003",), 32: ("fraud-001",), 33: ("fraud-005",), 34: ("fraud-005",),
+    35: ("fraud-005",), 36: ("fraud-001", "fraud-005"), 37: ("vio-003", "vio-005"),
+    38: ("vio-003",), 39: ("misinfo-001",), 40: ("fraud-003",), 41: ("hate-002",),
+    42: ("fraud-003",), 43: ("misinfo-001",), 44: ("priv-003",), 45: ("fraud-009",),
+    46: ("fraud-001",), 47: ("fraud-005",), 48: ("fraud-005",), 49: ("fraud-001",),
+    50: ("fraud-001",), 51: ("vio-003",), 52: ("hate-002",), 53: ("fraud-005",),
+    54: ("fraud-005",), 55: ("vio-003",), 56: ("fraud-001",), 57: ("priv-003",),
+    58: ("misinfo-001",), 59: ("vio-003",), 60: ("cyber-002",), 61: ("cyber-002",),
+    62: ("cyber-002", "priv-003"), 63: ("misinfo-005",), 64: ("fraud-002",),
+    65: ("fraud-005",), 66: ("misinfo-005",), 67: ("fraud-001",), 68: ("vio-003",),
+    69: ("priv-002",), 70: ("priv-002",), 71: ("vio-005",), 72: ("hate-002",),
+    73: ("fraud-001",), 74: ("fraud-003",), 75: ("fraud-005",), 76: ("fraud-005",),
+    77: ("fraud-005",), 78: ("fraud-002",), 79: ("vio-003",),
+}  # fmt: skip
+
+# Rules a good answer to a benign request follows and an over-refusal or a worse answer breaks.
+HELP_RULES: tuple[str, ...] = ("help-001", "help-002", "help-004", "help-006")
+
+# rbr_gold proposition -> (rule, answer when the proposition is true, when false).
+RBR_PROPOSITIONS: dict[str, tuple[str, Answer, Answer]] = {
+    "judgement": ("tone-001", NO, YES),
+    "insulting_language": ("tone-007", NO, YES),
+    "fully_complies": ("help-002", YES, NO),
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    source: str
+    prompt: str | list[dict[str, str]]
+    response: str
+    rule_id: str
+    answer: Answer
+    group: str  # the question/prompt key the split is made by
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """A human preference with no rule-level label: ``chosen`` should win the labeler's
+    aggregated margin over ``rule_ids``."""
+
+    source: str
+    prompt: str
+    chosen: str
+    rejected: str
+    rule_ids: tuple[str, ...]
+    group: str
+
+
+# Rules drawn per training pair: 2k sequences per pair per step, so kept small on a CPU.
+PAIR_RULES = 2
+
+
+def held_out(source: str, key: str, share: float = HELD_OUT_SHARE) -> bool:
+    """Whether the question/prompt ``key`` of ``source`` is held out (never trained on).
+
+    Deterministic: a salted sha256 of the key, so every run, the trainer and the benchmark
+    agree, and all rows of one question fall on the same side.
+    """
+    digest = hashlib.sha256(f"{SPLIT_SALT}:{source}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def prompt_key(prompt: object) -> str:
+    """Split key of a prompt: its text (chat prompts as JSON)."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, object]]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _other_harm_rule(pool: RulePool, exclude: set[str], rng: random.Random) -> str:
+    cats = {pool[r].category for r in exclude}
+    options = [r.id for r in pool if r.kind == "harmless" and r.category not in cats]
+    options = [r for r in options if not r.startswith("tone-")]
+    return rng.choice(options)
+
+
+def gptfuzz_examples(
+    path: Path, pool: RulePool, split: Literal["train", "test"], na_share: float, seed: int
+) -> list[Example]:
+    rng = random.Random(seed)
+    out = []
+    for row in read_jsonl(path):
+        qid = int(str(row["question_id"]))
+        if held_out("gptfuzz", str(qid)) != (split == "test"):
+            continue
+        rules = GPTFUZZ_RULES[qid]
+        prompt, response = str(row["prompt"]), str(row["response"])
+        answer: Answer = NO if row["jailbroken"] else YES
+        out.append(Example("gptfuzz", prompt, response, rng.choice(rules), answer, str(qid)))
+        if rng.random() < na_share:
+            na_rule = _other_harm_rule(pool, set(rules), rng)
+            out.append(Example("gptfuzz-na", prompt, response, na_rule, NA, str(qid)))
+    return out
+
+
+def pair_examples(
+    path: Path, source: str, split: Literal["train", "test"], seed: int
+) -> list[Example]:
+    """Preference pairs over benign requests: chosen follows a help rule, rejected breaks it."""
+    rng = random.Random(seed)
+    out = []
+    for row in read_jsonl(path):
+        key = prompt_key(row["prompt"])
+        if held_out(source, key) != (split == "test"):
+            continue
+        rule = rng.choice(HELP_RULES)
+        prompt = str(row["prompt"])
+        out.append(Example(source, prompt, str(row["chosen"]), rule, YES, key))
+        out.append(Example(source, prompt, str(row["rejected"]), rule, NO, key))
+    return out
+
+
+def rbr_examples(path: Path) -> list[Example]:
+    """Every mapped proposition of every completion (the file decides train or test)."""
+    out = []
+    for row in read_jsonl(path):
+        props = row["propositions"]
+        assert isinstance(props, dict)
+        prompt = row["prompt"]
+        assert isinstance(prompt, list)
+        for name, (rule, if_true, if_false) in RBR_PROPOSITIONS.items():
+            answer = if_true if props.get(name) else if_false
+            out.append(
+                Example(
+                    f"rbr:{name}", prompt, str(row["completion"]), rule, answer, prompt_key(prompt)
+                )  # fmt: skip
+            )
+    return out
+
+
+def preference_examples(
+    path: Path, source: str, pool: RulePool, split: Literal["train", "test"], seed: int
+) -> list[PairExample]:
+    """Pairwise preferences (prompt, chosen, rejected) of the ``split`` prompts, each with
+    ``PAIR_RULES`` rules of the pool drawn at random (seeded)."""
+    rng = random.Random(seed)
+    out = []
+    for row in read_jsonl(path):
+        key = prompt_key(row["prompt"])
+        if held_out(source, key) != (split == "test"):
+            continue
+        rules = tuple(rng.sample(list(pool.ids), PAIR_RULES))
+        out.append(PairExample(source, str(row["prompt"]), str(row["chosen"]),
+                               str(row["rejected"]), rules, key))  # fmt: skip
+    return out
+
+
+# Training files, relative to the shared data folder, and the rows drawn from each.
+TRAIN_FILES = {
+    "gptfuzz": "grader/gptfuzz_train.jsonl",
+    "refusal_direction": "grader/refusal_direction_benign_pairs.jsonl",
+    "coconot": "grader/coconot_pref.jsonl",
+    "rbr_gold": "rbr_gold/train.jsonl",
+    "hh_harmless": "hh_harmless_test.jsonl",
+    "llmbar": "llmbar_pairs.jsonl",
+}
+PREFERENCE_SOURCES = ("hh_harmless", "llmbar")  # trained pairwise (PairExample)
+
+
+def training_examples(
+    data: Path, pool: RulePool, limits: dict[str, int], seed: int = 0
+) -> list[Example]:
+    """The training split of every source, each capped at ``limits[source]`` rows (drawn
+    with ``seed``), shuffled. Raises if a mapped rule is missing from ``pool``."""
+    missing = sorted(
+        {r for rules in GPTFUZZ_RULES.values() for r in rules}.union(HELP_RULES)
+        .union(r for r, _, _ in RBR_PROPOSITIONS.values())
+        - set(pool.ids)
+    )  # fmt: skip
+    if missing:
+        raise ValueError(
+            f"rules {missing} of the grader's source mapping (ramo_stream/label/grading/sources.py)"
+            f" are not in pool {pool.name}; update the mapping for this pool"
+        )
+    rng = random.Random(seed)
+    parts = {
+        "gptfuzz": gptfuzz_examples(data / TRAIN_FILES["gptfuzz"], pool, "train", 0.15, seed),
+        "refusal_direction": pair_examples(
+            data / TRAIN_FILES["refusal_direction"], "refusal_direction", "train", seed
+        ),
+        "coconot": pair_examples(data / TRAIN_FILES["coconot"], "coconot", "train", seed),
+        "rbr_gold": rbr_examples(data / TRAIN_FILES["rbr_gold"]),
+    }
+    out: list[Example] = []
+    for name, rows in parts.items():
+        rng.shuffle(rows)
+        out += rows[: limits.get(name, len(rows))]
+    rng.shuffle(out)
+    return out
+
+
+def training_pairs(
+    data: Path, pool: RulePool, limits: dict[str, int], seed: int = 0
+) -> list[PairExample]:
+    """The training split of the pairwise sources, each capped at ``limits[source]``."""
+    rng = random.Random(seed)
+    out: list[PairExample] = []
+    for name in PREFERENCE_SOURCES:
+        rows = preference_examples(data / TRAIN_FILES[name], name, pool, "train", seed)
+        rng.shuffle(rows)
+        out += rows[: limits.get(name, len(rows))]
+    rng.shuffle(out)
+    return out

@@ -1,1 +1,0 @@
-"""Reward model, its input format, and the versioned registry."""
