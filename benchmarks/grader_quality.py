@@ -1,8 +1,9 @@
 """Grader quality on held-out human judgments: the trained grader against the zero-shot one.
 
 Every row here is held out from `ramo grader train` by ramo_stream/label/grading/sources.py's
-``held_out`` (by GPTFuzz question, by prompt text for the pair sets), or from a file it
-never reads (rbr_gold/test.jsonl, HH harmless, LLMBar). Per grader:
+``held_out`` (by GPTFuzz question, by prompt text for the four pair sets, HH harmless and
+LLMBar included, which training reads only when asked), or from a file it never reads
+(rbr_gold/test.jsonl). Per grader:
 
 - rule level: GPTFuzz held-out questions (accuracy of "breaks the rule" vs human
   `jailbroken`, F1 on jailbroken, ECE of P(Yes)); rbr_gold/test propositions mapped to rules
@@ -204,9 +205,11 @@ def main() -> None:
         "commands: " + "; ".join(f"`{r[5]}`" for r in results),
         f"pool {pool.name} ({pool.hash}); {args.threads} CPU threads; seed {args.seed}. Rows"
         " held out from training by question/prompt (ramo_stream/label/grading/sources.py"
-        " `held_out`); rbr_gold/test, HH harmless and LLMBar are never trained on. 95% Wilson"
-        " intervals. The zero-shot grader is scored on the first rows/pairs of the same"
-        " slices (smaller: it is slow on a CPU).",
+        " `held_out`), for HH harmless and LLMBar too (training may use them, `--rows`);"
+        " rbr_gold/test is held out whole. 95% Wilson intervals. The zero-shot grader is"
+        " scored on the first rows/pairs of the slices (smaller: it is slow on a CPU). Each"
+        " row is from the run its command names: a row from before a change of slices or"
+        " defaults keeps its old figures (its time is in the .json beside this file).",
         "",
         "## Rule level",
         "",

@@ -173,7 +173,11 @@ def main() -> None:
 
     base = rows[0][2]
     calibrate = settings.labeling.calibrate
-    calibrate = grader.calibrate_by_default if calibrate is None else calibrate
+    calibration = (
+        "unset (each grader's default: on for the LLM graders, off for the classifier)"
+        if calibrate is None
+        else ("on" if calibrate else "off")
+    )
     lines = [
         f"# label throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
@@ -181,7 +185,7 @@ def main() -> None:
         f"machine: {platform.machine()}, {device_name(args.device, args.threads)}; model"
         f" {Path(model).name} ({grader.model.dtype}); {len(pairs)} pairs from {source};"
         f" pool of {len(pool)} rules;"
-        f" k={settings.labeling.k}, calibration {'on' if calibrate else 'off'}",
+        f" k={settings.labeling.k}, calibration {calibration}",
         "",
         "| approach | grader calls / pair | pairs / s | vs reference |",
         "|---|---:|---:|---:|",

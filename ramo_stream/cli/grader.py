@@ -17,9 +17,11 @@ DEFAULT_DATA = _REPO.parent / "shared" / "data"
 # about 15 minutes on a shared 2-core CPU. GPTFuzz gets the most rows: harm judgments are
 # the hardest part (6,160 rows there; the other sources have 351-927).
 # HH harmless and LLMBar are pairs (a Bradley-Terry loss on the labeler's margin, see
-# train_classifier.py), each 2 x PAIR_RULES sequences.
+# train_classifier.py), each 2 x PAIR_RULES sequences. Off by default: measured with 400 HH
+# and 300 LLMBar pairs, held-out HH agreement fell (0.62 -> 0.48, n=60) and LLMBar stayed
+# at 0.37 (README, "The trained grader"); `--rows hh_harmless=400 --rows llmbar=300`.
 DEFAULT_ROWS = {"gptfuzz": 1500, "refusal_direction": 400, "coconot": 400, "rbr_gold": 400,
-                "hh_harmless": 400, "llmbar": 300}  # fmt: skip
+                "hh_harmless": 0, "llmbar": 0}  # fmt: skip
 SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "label" / "grading" / "trained"
 
 
