@@ -59,9 +59,11 @@ def gold_agreement(
 ) -> dict[str, tuple[int, int]]:
     """Agreement with ``metadata.gold`` of the labels each selector's picks give.
 
-    The held-out targets were graded on the whole pool (plus the content-free rule), so
-    every selector's label is computed from the same calibrated judgments, with no further
-    grading: the adapter's top-k, the full-pool top-k (max-discrepancy), random-k, all.
+    The held-out targets were graded on the whole pool (plus the content-free rule when the
+    labeler calibrates), so every selector's label is computed from the same judgments,
+    calibrated if they were, with no further grading: the adapter's top-k, the full-pool
+    top-k (max-discrepancy), random-k, all. A pair with the content-free rule on one side
+    only is skipped: its scores cannot be calibrated alike.
     """
     out: dict[str, tuple[int, int]] = {}
     for name, per_pair in picks.items():
@@ -69,7 +71,7 @@ def gold_agreement(
         for lp, selected in zip(held, per_pair, strict=True):
             gold = lp.pair.metadata.get("gold")
             calibrated = {j.side for j in lp.judgments if j.rule_id == NULL_RULE_ID}
-            if gold not in ("a", "b") or calibrated != {"a", "b"}:
+            if gold not in ("a", "b") or calibrated not in (set(), {"a", "b"}):
                 continue
             label = aggregate(calibrated_scores(lp.judgments), selected, epsilon)
             hits, n = hits + int(label.preferred == gold), n + 1
