@@ -50,7 +50,12 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
 
     from ramo_stream.core.rules import load_pool
     from ramo_stream.label.grading.artifact import sha256_file
-    from ramo_stream.label.grading.sources import TRAIN_FILES, training_examples, training_pairs
+    from ramo_stream.label.grading.sources import (
+        PREFERENCE_SOURCES,
+        TRAIN_FILES,
+        training_examples,
+        training_pairs,
+    )
     from ramo_stream.label.grading.train_classifier import TrainConfig, publish, train
     from ramo_stream.local_models import resolve
 
@@ -65,8 +70,8 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     pool = load_pool(settings.paths.rule_pool)
     base = resolve(settings.models.encoder, settings.paths.models_dir)
     rows = dict(DEFAULT_ROWS)
-    if args.rows_per_source is not None:
-        rows = dict.fromkeys(rows, args.rows_per_source)
+    if args.rows_per_source is not None:  # the rule-level sources; pairs stay opt-in
+        rows = {k: v if k in PREFERENCE_SOURCES else args.rows_per_source for k, v in rows.items()}
     for item in args.rows or []:
         name, _, n = item.partition("=")
         if name not in rows or not n.isdigit():
@@ -106,8 +111,10 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     root = SHIPPED_ROOT if args.ship else (args.out or settings.paths.cache_dir / "graders")
     manifest = {
         "base_model": settings.models.encoder,
-        "data_files": [
-            {"path": f, "sha256": sha256_file(data / f)} for f in sorted(TRAIN_FILES.values())
+        "data_files": [  # the files rows were drawn from
+            {"path": f, "sha256": sha256_file(data / f)}
+            for name, f in sorted(TRAIN_FILES.items(), key=lambda x: x[1])
+            if rows.get(name, 1) > 0
         ],
         "rows_by_source": counts,
         "steps": len(losses),
@@ -196,7 +203,9 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="classifier (the default grader) or llm: the second candidate,"
                    " models.grader fine-tuned on the answer word (a full HF folder in"
                    " paths.cache_dir/graders)")  # fmt: skip
-    p.add_argument("--rows-per-source", type=int, help="Cap every source at this many rows.")
+    p.add_argument("--rows-per-source", type=int,
+                   help="Cap every rule-level source at this many rows (the preference-pair"
+                   " sources stay at 0 unless --rows names them).")  # fmt: skip
     p.add_argument("--rows", action="append", metavar="SOURCE=N",
                    help="Cap one source (gptfuzz, refusal_direction, coconot, rbr_gold,"
                    " hh_harmless, llmbar: pairs);"
