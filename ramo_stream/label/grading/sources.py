@@ -159,16 +159,23 @@ def gptfuzz_examples(
     return out
 
 
+def split_rows(
+    path: Path, source: str, split: Literal["train", "test"]
+) -> Iterator[tuple[dict[str, object], str]]:
+    """(row, prompt key) of the rows of a prompt/chosen/rejected file on ``split``'s side."""
+    for row in read_jsonl(path):
+        key = prompt_key(row["prompt"])
+        if held_out(source, key) == (split == "test"):
+            yield row, key
+
+
 def pair_examples(
     path: Path, source: str, split: Literal["train", "test"], seed: int
 ) -> list[Example]:
     """Preference pairs over benign requests: chosen follows a help rule, rejected breaks it."""
     rng = random.Random(seed)
     out = []
-    for row in read_jsonl(path):
-        key = prompt_key(row["prompt"])
-        if held_out(source, key) != (split == "test"):
-            continue
+    for row, key in split_rows(path, source, split):
         rule = rng.choice(HELP_RULES)
         prompt = str(row["prompt"])
         out.append(Example(source, prompt, str(row["chosen"]), rule, YES, key))
@@ -201,10 +208,7 @@ def preference_examples(
     ``PAIR_RULES`` rules of the pool drawn at random (seeded)."""
     rng = random.Random(seed)
     out = []
-    for row in read_jsonl(path):
-        key = prompt_key(row["prompt"])
-        if held_out(source, key) != (split == "test"):
-            continue
+    for row, key in split_rows(path, source, split):
         rules = tuple(rng.sample(list(pool.ids), PAIR_RULES))
         out.append(PairExample(source, str(row["prompt"]), str(row["chosen"]),
                                str(row["rejected"]), rules, key))  # fmt: skip
