@@ -16,12 +16,21 @@ from pydantic import (
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # ramo_stream/
 
 
-def default_rule_pool() -> Path:
-    """The shipped pool: inside the wheel, or in the source tree for an editable install."""
+def _shipped_rules_file(name: str) -> Path:
+    """A file of rules/: inside the wheel, or in the source tree for an editable install."""
     for candidate in (_PACKAGE_DIR / "_rules", _PACKAGE_DIR.parent / "rules"):
-        if (candidate / "safety_v1.yaml").is_file():
-            return candidate / "safety_v1.yaml"
-    return _PACKAGE_DIR.parent / "rules" / "safety_v1.yaml"
+        if (candidate / name).is_file():
+            return candidate / name
+    return _PACKAGE_DIR.parent / "rules" / name
+
+
+def default_rule_pool() -> Path:
+    return _shipped_rules_file("safety_v1.yaml")
+
+
+def default_propositions() -> Path:
+    """The shipped proposition pool of Rule-Based Rewards."""
+    return _shipped_rules_file("rbr_propositions_v1.yaml")
 
 
 def _default_cache_dir() -> Path:

@@ -12,7 +12,13 @@ from pydantic import (
     model_validator,
 )
 
-from ramo_stream.config.base import Secret, _default_cache_dir, _Section, default_rule_pool
+from ramo_stream.config.base import (
+    Secret,
+    _default_cache_dir,
+    _Section,
+    default_propositions,
+    default_rule_pool,
+)
 
 
 class KafkaSettings(_Section):
@@ -162,6 +168,10 @@ class PathSettings(_Section):
         description="Prepared models, broker state and logs.",
     )
     rule_pool: Path = Field(default_factory=default_rule_pool, description="Rule pool YAML file.")
+    propositions: Path = Field(
+        default_factory=default_propositions,
+        description="Proposition pool YAML of Rule-Based Rewards (graded like rules).",
+    )
 
     @property
     def models_dir(self) -> Path:
