@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ramo_stream.cli import eval as cli_eval
     from ramo_stream.cli import grader as cli_grader
     from ramo_stream.cli import label as cli_label
+    from ramo_stream.cli import rbr as cli_rbr
     from ramo_stream.cli import score as cli_score
     from ramo_stream.cli import select as cli_select
     from ramo_stream.cli import serve as cli_serve
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_eval.add_commands(sub, parent)
     cli_select.add_commands(sub, parent)
     cli_grader.add_commands(sub, parent)
+    cli_rbr.add_commands(sub, parent)
 
     p = add("rules", cmd_rules, "Validate a rule pool and print its size, categories and hash.")
     p.add_argument("--pool", type=Path, help="Pool YAML (default: paths.rule_pool).")

@@ -82,6 +82,8 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...] | None] = {
     "eval": ("paths", "models", "train", "serve"),
     "select": (*_STREAM, "models", "train", "select"),
     "grader train": ("paths", "models", "grader"),
+    "rbr fit": ("paths", "models", "grader"),
+    "rbr show": ("paths",),
     "rules": ("paths",),
     "config": None,
 }

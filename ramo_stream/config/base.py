@@ -33,6 +33,11 @@ def default_propositions() -> Path:
     return _shipped_rules_file("rbr_propositions_v1.yaml")
 
 
+def default_rbr_rubric() -> Path:
+    """The shipped rubric of Rule-Based Rewards: completion classes from propositions."""
+    return _shipped_rules_file("rbr_rubric_v1.yaml")
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ramo-stream"

@@ -17,6 +17,7 @@ from ramo_stream.config.base import (
     _default_cache_dir,
     _Section,
     default_propositions,
+    default_rbr_rubric,
     default_rule_pool,
 )
 
@@ -172,6 +173,11 @@ class PathSettings(_Section):
         default_factory=default_propositions,
         description="Proposition pool YAML of Rule-Based Rewards (graded like rules).",
     )
+    rbr_rubric: Path = Field(
+        default_factory=default_rbr_rubric,
+        description="Rubric YAML of Rule-Based Rewards: the completion class (ideal,"
+        " acceptable, ...) of each response type, from the truth of the propositions.",
+    )
 
     @property
     def models_dir(self) -> Path:
@@ -184,6 +190,10 @@ class PathSettings(_Section):
     @property
     def registry_dir(self) -> Path:
         return self.cache_dir / "registry"
+
+    @property
+    def rbr_dir(self) -> Path:
+        return self.cache_dir / "rbr"
 
     @property
     def dead_letters_dir(self) -> Path:
