@@ -143,6 +143,21 @@ class ServeSettings(_Section):
     reload_poll_s: float = Field(
         default=1.0, gt=0, description="How often the registry's CURRENT is checked."
     )
+    rbr: Literal["off", "opt_in", "default"] = Field(
+        default="off",
+        description="Rule-Based Rewards: off (no proposition grader is deployed; a request"
+        " asking for rbr gets 422), opt_in (deployed; /v1/score adds the RBR reward to items"
+        ' of requests with "rbr": true) or default (every /v1/score request gets'
+        ' rm + rbr unless it sends "rbr": false). Items then need a response_type.',
+    )
+    rbr_artifact: Path | None = Field(
+        default=None,
+        description="RBR weights (an rbr-*.json of `ramo rbr fit`). Default: the newest one"
+        " fitted for paths.propositions, paths.rbr_rubric and the configured grader.",
+    )
+    rbr_cpus: float = Field(
+        default=1.0, gt=0, description="CPUs of the RBR deployment (it holds the grader)."
+    )
     keep_loaded: int = Field(
         default=2,
         ge=1,

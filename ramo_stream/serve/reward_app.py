@@ -3,6 +3,8 @@
     HTTP --> RewardIngress (FastAPI: auth, limits, parsing, errors; reward_http.py)
                --handle--> RewardModelServer (versions, hot reload, dynamic batching;
                                               reward_model_server.py)
+               --handle--> RBRDeployment     (serve.rbr not off: proposition grader and
+                                              RBR weights; reward_rbr.py)
 
 ``build_app`` is the typed builder that ``deploy/serve.yaml`` and ``ramo serve`` use. The
 settings (section ``serve``, plus ``train.registry`` / ``paths.cache_dir`` for the
@@ -49,6 +51,7 @@ def _replica_gpus(requested: float | None) -> float:
 def build_app(args: RewardAppArgs | dict[str, Any]) -> Application:
     from ramo_stream.serve.reward_http import RewardIngress as _Ingress
     from ramo_stream.serve.reward_model_server import RewardModelServer as _Server
+    from ramo_stream.serve.reward_rbr import RBRDeployment as _RBR
 
     ingress: Any = _Ingress  # serve.Deployment objects (the decorator's type is lost)
     server: Any = _Server
@@ -75,6 +78,14 @@ def build_app(args: RewardAppArgs | dict[str, Any]) -> Application:
         most = s.replicas
         model_options["num_replicas"] = s.replicas
     model = server.options(**model_options).bind(args)
+    rbr_dep: Any = _RBR
+    rbr = None
+    if s.rbr != "off":  # the proposition grader, only where RBR may be asked for
+        rbr = rbr_dep.options(
+            num_replicas=1,
+            logging_config=_NO_ACCESS_LOG,
+            ray_actor_options={"num_cpus": s.rbr_cpus, "num_gpus": 0},
+        ).bind(args)
     # The ingress only waits on the model, so it takes every request the replicas can; the
     # replicas' token queues decide what is admitted. Past that, the proxy queues at most as
     # many again and answers 503 to the rest at once instead of holding them until clients
@@ -85,4 +96,4 @@ def build_app(args: RewardAppArgs | dict[str, Any]) -> Application:
         max_ongoing_requests=s.max_ongoing_requests * most,
         max_queued_requests=s.max_ongoing_requests * most,
         ray_actor_options={"num_cpus": args.ingress_cpus},
-    ).bind(args, model)
+    ).bind(args, model, rbr)

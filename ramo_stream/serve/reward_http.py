@@ -305,14 +305,19 @@ _authorized = [Depends(require_token)]
 @serve.deployment
 @serve.ingress(app)
 class RewardIngress:
-    def __init__(self, args: Any, model: DeploymentHandle) -> None:
+    def __init__(
+        self, args: Any, model: DeploymentHandle, rbr: DeploymentHandle | None = None
+    ) -> None:
+        from ramo_stream.serve.reward_rbr import HandleRBR
+
         s = args.settings().serve
         self.max_body = s.max_body_bytes
         self.model = model
         most = s.autoscaling_max_replicas or s.replicas
         backend = HandleBackend(model, s.health_timeout_s, s.max_length,
                                 s.max_queued_tokens * most)  # fmt: skip
-        self.service = RewardService(backend, s.max_items)
+        rbr_backend = HandleRBR(rbr) if rbr is not None else None
+        self.service = RewardService(backend, s.max_items, rbr_backend, s.rbr == "default")
         self.timeouts = (s.request_timeout_s, s.max_request_timeout_s)
         app.state.api_token = s.api_token
         app.state.metrics = self.http_metrics = HttpMetrics()
@@ -326,7 +331,7 @@ class RewardIngress:
     @app.post("/v1/score", dependencies=_authorized)
     async def score(self, request: Request) -> JSONResponse:
         reply = await self.service.score(*await self._body(request, ScoreRequest))
-        return JSONResponse(reply.model_dump())
+        return JSONResponse(reply.model_dump(exclude_none=True))
 
     @app.post("/v1/compare", dependencies=_authorized)
     async def compare(self, request: Request) -> JSONResponse:

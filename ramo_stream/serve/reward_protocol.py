@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from ramo_stream.core.propositions import RESPONSE_TYPES, response_type_id
 from ramo_stream.schemas import MAX_TEXT_CHARS, Prompt
 
 # A response may be empty (a policy can emit nothing, and that deserves a reward too).
@@ -39,11 +40,31 @@ class _Body(BaseModel):
 class ScoreItem(_Body):
     prompt: Prompt = Field(description="The conversation: a string or chat messages.")
     response: Response = Field(description="The response to score.")
+    response_type: str | None = Field(
+        default=None,
+        description="What the prompt calls for, which picks the RBR weights: "
+        + ", ".join(RESPONSE_TYPES)
+        + " (or the gold set's spelling, 'Hard Refuse'). Needed when RBR is added.",
+    )
+
+    @field_validator("response_type")
+    @classmethod
+    def _known_type(cls, v: str | None) -> str | None:
+        return None if v is None else response_type_id(v)
 
 
 class ScoreRequest(_Body):
     items: list[ScoreItem] = Field(min_length=1, description="What to score, in order.")
     model_version: Version | None = VersionField
+    rbr: bool | None = Field(
+        default=None,
+        description="Add the Rule-Based Reward: reward = rm + rbr. Default: the deployment's"
+        " serve.rbr (on only when it is 'default').",
+    )
+    explain: bool = Field(
+        default=False,
+        description="Also return each item's parts: rm, rbr and every proposition's P(true).",
+    )
 
 
 class CompareRequest(_Body):
@@ -81,9 +102,22 @@ class GetRewardRequest(_Body):
 # ---- responses ----------------------------------------------------------------------------
 
 
+class ItemExplain(_Body):
+    rm: float = Field(description="The reward model's reward.")
+    rbr: float | None = Field(default=None, description="The Rule-Based Reward (None: not added).")
+    response_type: str | None = None
+    propositions: dict[str, float] | None = Field(
+        default=None, description="P(true) of every proposition, as the grader read it."
+    )
+
+
 class ScoreResponse(_Body):
     rewards: list[float] = Field(description="One reward per item, in order.")
     model_version: int
+    rbr_version: str | None = Field(
+        default=None, description="The RBR weights' artifact, when RBR was added."
+    )
+    explain: list[ItemExplain] | None = Field(default=None, description="When asked for.")
 
 
 class CompareResponse(_Body):
@@ -156,6 +190,12 @@ class NoModel(ServiceError):
 
 class VersionNotLoaded(ServiceError):
     kind = "version_not_loaded"
+
+
+class RBRUnavailable(InvalidInput):
+    """RBR asked of a deployment that serves none (serve.rbr=off)."""
+
+    kind = "rbr_not_enabled"
 
 
 class ModelFailure(ServiceError):

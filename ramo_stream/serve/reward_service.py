@@ -8,6 +8,7 @@ imports neither Ray nor torch.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -19,9 +20,12 @@ from ramo_stream.serve.reward_protocol import (
     GetRewardRequest,
     GetRewardResponse,
     HealthResponse,
+    InvalidInput,
+    ItemExplain,
     ModelFailure,
     ModelsResponse,
     NoModel,
+    RBRUnavailable,
     ScoreRequest,
     ScoreResponse,
     TooLarge,
@@ -31,6 +35,8 @@ from ramo_stream.serve.reward_protocol import (
 
 # (prompt, response): the prompt a string or chat messages, as format_text takes them.
 Item = tuple[str | Sequence[ChatMessage], str]
+# (prompt, response, response type): what the Rule-Based Reward scores.
+TypedItem = tuple[str | Sequence[ChatMessage], str, str]
 
 
 class ScoringBackend(Protocol):
@@ -47,6 +53,15 @@ class ScoringBackend(Protocol):
         ...
 
 
+class RBRBackend(Protocol):
+    async def score(
+        self, items: list[TypedItem], timeout_s: float | None = None
+    ) -> tuple[list[float], list[dict[str, float]], str]:
+        """(R_rbr of every item, P(true) of every proposition per item, the weights'
+        artifact version). Raises Unavailable when it cannot answer in time."""
+        ...
+
+
 def sigmoid(x: float) -> float:
     """1 / (1 + e^-x), without overflow for large |x|."""
     if x >= 0:
@@ -56,9 +71,17 @@ def sigmoid(x: float) -> float:
 
 
 class RewardService:
-    def __init__(self, backend: ScoringBackend, max_items: int) -> None:
+    def __init__(
+        self,
+        backend: ScoringBackend,
+        max_items: int,
+        rbr: RBRBackend | None = None,
+        rbr_default: bool = False,
+    ) -> None:
         self.backend = backend
         self.max_items = max_items
+        self.rbr = rbr
+        self.rbr_default = rbr_default
 
     def _check_count(self, n: int, field: str) -> None:
         if n > self.max_items:
@@ -82,8 +105,41 @@ class RewardService:
     async def score(self, req: ScoreRequest, timeout_s: float | None = None) -> ScoreResponse:
         self._check_count(len(req.items), "items")
         items: list[Item] = [(it.prompt, it.response) for it in req.items]
-        rewards, version = await self._score(items, req.model_version, timeout_s)
-        return ScoreResponse(rewards=rewards, model_version=version)
+        use_rbr = self.rbr_default if req.rbr is None else req.rbr
+        if not use_rbr:
+            rewards, version = await self._score(items, req.model_version, timeout_s)
+            explain = [ItemExplain(rm=r) for r in rewards] if req.explain else None
+            return ScoreResponse(rewards=rewards, model_version=version, explain=explain)
+        if self.rbr is None:
+            raise RBRUnavailable(
+                "this deployment serves no Rule-Based Reward (serve.rbr=off); restart it with"
+                ' serve.rbr=opt_in or default, or leave "rbr" out of the request'
+            )
+        untyped = [i for i, it in enumerate(req.items) if it.response_type is None]
+        if untyped:
+            raise InvalidInput(
+                f"items {untyped[:10]} have no response_type, which the Rule-Based Reward needs"
+                " to pick its weights; give each item one of comply, hard_refuse,"
+                ' safe_refuse_1, safe_refuse_2, or send "rbr": false'
+            )
+        typed: list[TypedItem] = [(it.prompt, it.response, str(it.response_type))
+                                  for it in req.items]  # fmt: skip
+        # The reward model and the proposition grader run at the same time.
+        (rm, version), (rbr, probs, rbr_version) = await asyncio.gather(
+            self._score(items, req.model_version, timeout_s), self.rbr.score(typed, timeout_s)
+        )
+        explain = None
+        if req.explain:
+            explain = [
+                ItemExplain(rm=a, rbr=b, response_type=it.response_type, propositions=p)
+                for a, b, it, p in zip(rm, rbr, req.items, probs, strict=True)
+            ]
+        return ScoreResponse(
+            rewards=[a + b for a, b in zip(rm, rbr, strict=True)],
+            model_version=version,
+            rbr_version=rbr_version,
+            explain=explain,
+        )
 
     async def compare(self, req: CompareRequest, timeout_s: float | None = None) -> CompareResponse:
         (r_a, r_b), version = await self._score(

@@ -1,0 +1,131 @@
+"""The Rule-Based Reward in the reward service: a deployment that grades propositions.
+
+    RewardIngress --handle--> RewardModelServer   (R_rm)
+                  --handle--> RBRDeployment       (grader + weights: R_rbr, P(true) per
+                                                   proposition)
+
+``RBRDeployment`` holds its own grader (``make_grader``, the one the labeler uses: the
+shipped trained classifier by default) and the fitted weights of an RBR artifact checked
+against the proposition pool, the rubric and that grader. It is deployed only when
+``serve.rbr`` is not ``off``, next to the reward model, and scales on its own. A request's
+items are graded together on every proposition in one ``Grader.grade`` call (the grader
+batches them); concurrent requests are not merged into one call.
+
+``HandleRBR`` is the ingress side (``RBRBackend`` of ``reward_service``): it calls the
+deployment within the request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from ramo_stream.serve.reward_protocol import DeadlineExceeded, Unavailable
+from ramo_stream.serve.reward_service import TypedItem
+
+log = logging.getLogger(__name__)
+
+
+def _prompt(p: Any) -> Any:
+    from ramo_stream.schemas import ChatMessage
+
+    return p if isinstance(p, str) else [ChatMessage.model_validate(m) for m in p]
+
+
+@serve.deployment
+class RBRDeployment:
+    def __init__(self, args: Any) -> None:
+        from ramo_stream.core.propositions import load_propositions
+        from ramo_stream.core.rbr_rubric import load_rubric
+        from ramo_stream.label.grading.factory import describe, make_grader
+        from ramo_stream.label.rbr.artifact import (
+            GraderRef,
+            RBRArtifactError,
+            load_artifact,
+            newest_artifact,
+        )
+
+        settings = args.settings()
+        self.pool = load_propositions(settings.paths.propositions)
+        rubric = load_rubric(settings.paths.rbr_rubric)
+        self.grader = make_grader(settings)
+        ref = GraderRef(name=self.grader.name, template_version=self.grader.template_version)
+        path = settings.serve.rbr_artifact or newest_artifact(
+            settings.paths.cache_dir, self.pool.hash, rubric.hash, ref
+        )
+        if path is None:
+            raise RBRArtifactError(
+                f"no RBR weights fitted for propositions {self.pool.name} ({self.pool.hash}),"
+                f" rubric {rubric.name} ({rubric.hash}) and grader {ref.name} under"
+                f" {settings.paths.rbr_dir} or in the package; fit them with `ramo rbr fit`,"
+                " or set serve.rbr=off"
+            )
+        self.artifact = load_artifact(path, self.pool.hash, rubric.hash, ref)
+        print(f"reward service RBR: {self.artifact.version} with {describe(self.grader)}",
+              flush=True)  # fmt: skip
+
+    def info(self) -> dict[str, str]:
+        return {"version": self.artifact.version, "grader": self.grader.name}
+
+    def _score(self, items: list[TypedItem]) -> tuple[list[float], list[dict[str, float]], str]:
+        from ramo_stream.label.rbr.features import grade_propositions
+        from ramo_stream.label.rbr.fit import rbr_scores
+
+        pairs = [(_prompt(p), r) for p, r, _ in items]
+        feats = grade_propositions(self.grader, self.pool, pairs, chunk=max(1, len(pairs)))
+        values = [
+            rbr_scores(self.artifact.weights[t], self.pool, [f])[0]
+            for (_, _, t), f in zip(items, feats, strict=True)
+        ]
+        probs = [dict(zip(self.pool.ids, f, strict=True)) for f in feats]
+        return values, probs, self.artifact.version
+
+    async def score(
+        self, items: list[TypedItem]
+    ) -> tuple[list[float], list[dict[str, float]], str]:
+        # Grading is blocking torch work: off the replica's event loop, so info() answers.
+        return await asyncio.to_thread(self._score, items)
+
+
+class HandleRBR:
+    """``RBRBackend`` over the RBR deployment's handle."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def score(
+        self, items: list[TypedItem], timeout_s: float | None = None
+    ) -> tuple[list[float], list[dict[str, float]], str]:
+        payload = [(p if isinstance(p, str) else [m.model_dump() for m in p], r, t)
+                   for p, r, t in items]  # fmt: skip
+        started = time.monotonic()
+        call = self.handle.score.remote(payload)
+        try:
+            result: tuple[list[float], list[dict[str, float]], str] = await asyncio.wait_for(
+                _await(call), timeout_s
+            )
+        except TimeoutError:
+            call.cancel()
+            raise DeadlineExceeded(
+                f"the proposition grader did not answer within the request's deadline of"
+                f" {timeout_s:g} s ({time.monotonic() - started:.1f} s); retry later, send a"
+                " longer X-Request-Timeout, or scale the RBR deployment",
+                retry_after_s=1.0,
+            ) from None
+        except Exception as e:  # a lost replica: no internals in the reply, all in the log
+            log.warning("reward service: the RBR deployment failed a request: %r", e)
+            raise Unavailable(
+                "the RBR deployment (proposition grader) failed or is restarting; retry after"
+                " the Retry-After seconds",
+                retry_after_s=2.0,
+            ) from e
+        return result
+
+
+async def _await(response: Any) -> Any:
+    return await response
