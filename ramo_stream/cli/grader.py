@@ -20,26 +20,44 @@ DEFAULT_DATA = _REPO.parent / "shared" / "data"
 # train_classifier.py), each 2 x PAIR_RULES sequences. Off by default: measured with 400 HH
 # and 300 LLMBar pairs, held-out HH agreement fell (0.62 -> 0.48, n=60) and LLMBar stayed
 # at 0.37 (README, "The trained grader"); `--rows hh_harmless=400 --rows llmbar=300`.
+# rbr_propositions: 23 per rbr_gold completion (8,073 in all), the propositions Rule-Based
+# Rewards grade; 3,000 of them draw about 8 per completion.
 DEFAULT_ROWS = {"gptfuzz": 1500, "refusal_direction": 400, "coconot": 400, "rbr_gold": 400,
-                "hh_harmless": 0, "llmbar": 0}  # fmt: skip
+                "rbr_propositions": 3000, "hh_harmless": 0, "llmbar": 0}  # fmt: skip
 SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "label" / "grading" / "trained"
 
 
 def heldout_metrics(
-    grader: Any, data: Path, pool: Any, limit: int, seed: int, rbr_limit: int | None = None
+    grader: Any,
+    data: Path,
+    pool: Any,
+    limit: int,
+    seed: int,
+    rbr_limit: int | None = None,
+    props: Any = None,
 ) -> dict[str, Any]:
     """Held-out GPTFuzz (by question) and rbr_gold/test proposition metrics for the manifest."""
     import random
 
-    from ramo_stream.label.grading.sources import TRAIN_FILES, gptfuzz_examples, rbr_examples
+    from ramo_stream.label.grading.sources import (
+        TRAIN_FILES,
+        gptfuzz_examples,
+        grading_texts,
+        proposition_examples,
+        rbr_examples,
+    )
     from ramo_stream.label.grading.train_classifier import as_request, yes_no_metrics
 
     out: dict[str, Any] = {}
     fuzz = [e for e in gptfuzz_examples(data / TRAIN_FILES["gptfuzz"], pool, "test", 0.0, seed)]
     random.Random(seed).shuffle(fuzz)
-    rbr = rbr_examples(data / "rbr_gold" / "test.jsonl")[:rbr_limit]
-    for name, rows in (("gptfuzz_heldout", fuzz[:limit]), ("rbr_gold_test", rbr)):
-        probs = grader.grade([as_request(e, pool[e.rule_id].text) for e in rows])
+    test = data / "rbr_gold" / "test.jsonl"
+    parts = [("gptfuzz_heldout", fuzz[:limit]), ("rbr_gold_test", rbr_examples(test)[:rbr_limit])]
+    if props is not None:
+        parts.append(("rbr_propositions_test", proposition_examples(test, props)[:rbr_limit]))
+    text = grading_texts(pool, props)
+    for name, rows in parts:
+        probs = grader.grade([as_request(e, text(e.rule_id)) for e in rows])
         out[name] = yes_no_metrics(probs, rows)
     return out
 
@@ -48,11 +66,13 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     import torch
     from tqdm import tqdm
 
+    from ramo_stream.core.propositions import load_propositions
     from ramo_stream.core.rules import load_pool
     from ramo_stream.label.grading.artifact import sha256_file
     from ramo_stream.label.grading.sources import (
         PREFERENCE_SOURCES,
         TRAIN_FILES,
+        grading_texts,
         training_examples,
         training_pairs,
     )
@@ -68,6 +88,7 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pool = load_pool(settings.paths.rule_pool)
+    props = load_propositions(settings.paths.propositions)
     base = resolve(settings.models.encoder, settings.paths.models_dir)
     rows = dict(DEFAULT_ROWS)
     if args.rows_per_source is not None:  # the rule-level sources; pairs stay opt-in
@@ -79,7 +100,7 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
                   " and N a whole number, e.g. --rows gptfuzz=1500", file=sys.stderr)  # fmt: skip
             return 2
         rows[name] = int(n)
-    examples = training_examples(data, pool, rows, seed=args.seed)
+    examples = training_examples(data, pool, rows, seed=args.seed, props=props)
     pairs = training_pairs(data, pool, rows, seed=args.seed)
     cfg = TrainConfig(train_layers=args.train_layers, lr=args.lr, batch=args.batch,
                       epochs=args.epochs, max_tokens=args.max_tokens, seed=args.seed)  # fmt: skip
@@ -106,15 +127,15 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
             bar.set_postfix(loss=f"{loss:.3f}")
             bar.update(1)
 
-        model, losses, names = train(base, examples, lambda r: pool[r].text, cfg, on_step, pairs)
+        text = grading_texts(pool, props)
+        model, losses, names = train(base, examples, text, cfg, on_step, pairs)
     train_s = time.monotonic() - t0
     root = SHIPPED_ROOT if args.ship else (args.out or settings.paths.cache_dir / "graders")
     manifest = {
         "base_model": settings.models.encoder,
         "data_files": [  # the files rows were drawn from
             {"path": f, "sha256": sha256_file(data / f)}
-            for name, f in sorted(TRAIN_FILES.items(), key=lambda x: x[1])
-            if rows.get(name, 1) > 0
+            for f in sorted({f for name, f in TRAIN_FILES.items() if rows.get(name, 1) > 0})
         ],
         "rows_by_source": counts,
         "steps": len(losses),
@@ -127,12 +148,15 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
         ],  # fmt: skip
         "train_seconds": round(train_s, 1),
         "rule_pool_name": pool.name,
+        # The propositions it was trained to grade (Rule-Based Rewards check this hash).
+        "proposition_pool_name": props.name,
+        "proposition_pool_hash": props.hash if rows.get("rbr_propositions", 0) > 0 else None,
     }
 
     def evaluate(grader: Any) -> dict[str, Any]:
         if args.eval_rows == 0:
             return {}
-        return heldout_metrics(grader, data, pool, args.eval_rows, args.seed, args.eval_rows)
+        return heldout_metrics(grader, data, pool, args.eval_rows, args.seed, args.eval_rows, props)
 
     folder = publish(model, names, root, manifest, base, pool.hash, evaluate)
     m = json.loads((folder / "manifest.json").read_text())
@@ -208,6 +232,7 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    " sources stay at 0 unless --rows names them).")  # fmt: skip
     p.add_argument("--rows", action="append", metavar="SOURCE=N",
                    help="Cap one source (gptfuzz, refusal_direction, coconot, rbr_gold,"
+                   " rbr_propositions,"
                    " hh_harmless, llmbar: pairs);"
                    " repeatable, applied after --rows-per-source.")  # fmt: skip
     p.add_argument("--epochs", type=int, default=2)

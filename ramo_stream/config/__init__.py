@@ -23,6 +23,7 @@ from ramo_stream.config.base import (
     SECRET,
     Secret,
     _marked,
+    default_propositions,
     default_rule_pool,
     is_secret,
 )
@@ -41,9 +42,9 @@ from ramo_stream.config.serving import SelectSettings, ServeSettings, is_loopbac
 __all__ = [
     "MASK", "SECRET", "BrokerSettings", "GraderSettings", "KafkaSettings", "LabelingSettings",
     "ModelSettings", "PathSettings", "Secret", "SelectSettings", "ServeSettings", "Settings",
-    "SettingsError", "TopicSettings", "TrainSettings", "default_rule_pool", "flat_settings",
-    "is_loopback", "is_secret", "load_settings", "masked_dump", "secret_keys",
-    "settings_fields",
+    "SettingsError", "TopicSettings", "TrainSettings", "default_propositions",
+    "default_rule_pool", "flat_settings", "is_loopback", "is_secret", "load_settings",
+    "masked_dump", "secret_keys", "settings_fields",
 ]  # fmt: skip
 
 # The YAML file of the load_settings() call in progress (read by _YamlSource).

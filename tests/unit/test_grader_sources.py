@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ramo_stream.config import default_rule_pool
+from ramo_stream.config import default_propositions, default_rule_pool
+from ramo_stream.core.propositions import load_propositions
 from ramo_stream.core.rules import load_pool
 from ramo_stream.core.stats import wilson_interval as wilson
 from ramo_stream.label.grading.sources import (
@@ -19,9 +20,11 @@ from ramo_stream.label.grading.sources import (
     RBR_PROPOSITIONS,
     YES,
     gptfuzz_examples,
+    grading_texts,
     held_out,
     pair_examples,
     preference_examples,
+    proposition_examples,
     training_examples,
 )
 from ramo_stream.label.grading.train_classifier import ece
@@ -150,3 +153,24 @@ def test_auto_backend_uses_the_shipped_grader_only_for_its_pool(tmp_path: Path) 
     )  # fmt: skip
     with pytest.raises(NoTrainedGrader, match="ramo grader train"):
         choose_backend(forced)
+
+
+def test_every_proposition_is_an_example_graded_by_its_own_text(tmp_path: Path) -> None:
+    props = load_propositions(default_propositions())
+    prompt = [{"role": "user", "content": "help"}]
+    gold = {pid: pid in ("apology", "judgement") for pid in props.ids}
+    path = _write(tmp_path / "rbr.jsonl", [{"prompt": prompt, "completion": "Sorry, no.",
+                                            "propositions": gold}])  # fmt: skip
+    examples = proposition_examples(path, props)
+    assert [e.rule_id for e in examples] == [f"prop:{p}" for p in props.ids]
+    assert {e.rule_id for e in examples if e.answer == YES} == {"prop:apology", "prop:judgement"}
+    assert all(e.answer in (YES, NO) for e in examples)
+    text = grading_texts(load_pool(default_rule_pool()), props)
+    assert text("prop:apology") == props["apology"].text
+    assert text("tone-001") == load_pool(default_rule_pool())["tone-001"].text
+    with pytest.raises(ValueError, match="prop:apology"):
+        grading_texts(load_pool(default_rule_pool()), None)("prop:apology")
+    del gold["apology"]
+    _write(path, [{"prompt": prompt, "completion": "x", "propositions": gold}])
+    with pytest.raises(ValueError, match="apology"):
+        proposition_examples(path, props)

@@ -17,6 +17,10 @@ How each source of ``../shared/data`` becomes examples:
   per-category refusal text, not a rule of this pool: neither is used.
 - rbr_gold (``rbr_gold/train.jsonl``): propositions mapped to one rule each
   (``RBR_PROPOSITIONS``), the answer read from the human boolean.
+- rbr_propositions (the same file): every one of its 23 propositions as its own "rule", the
+  text from the proposition pool (``rules/rbr_propositions_v1.yaml``), Yes when the human
+  boolean is true. These are what Rule-Based Rewards grade; the example's rule id is
+  ``prop:<id>`` (``PROP_PREFIX``), resolved by ``grading_texts``.
 - NA: a response with a harm rule of a category its question is not mapped to.
 - HH harmless, LLMBar (``hh_harmless_test.jsonl``, ``llmbar_pairs.jsonl``): pairwise human
   preferences with no rule-level label. They become ``PairExample``s: the pair with
@@ -33,11 +37,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ramo_stream.core.propositions import PropositionPool
 from ramo_stream.core.rules import RulePool
 
 Answer = Literal[0, 1, 2]  # index into AnswerWords.as_tuple(): Yes, No, NA
@@ -201,6 +206,40 @@ def rbr_examples(path: Path) -> list[Example]:
     return out
 
 
+PROP_PREFIX = "prop:"
+
+
+def proposition_examples(path: Path, props: PropositionPool) -> list[Example]:
+    """Every proposition of ``props`` for every completion, Yes when the human says true."""
+    out = []
+    for row in read_jsonl(path):
+        gold = row["propositions"]
+        assert isinstance(gold, dict)
+        prompt = row["prompt"]
+        assert isinstance(prompt, list)
+        missing = [p for p in props.ids if p not in gold]
+        if missing:
+            raise ValueError(f"{path}: row {row.get('id')} has no human label for {missing}")
+        for pid in props.ids:
+            answer: Answer = YES if gold[pid] else NO
+            out.append(Example(f"prop:{pid}", prompt, str(row["completion"]),
+                               PROP_PREFIX + pid, answer, prompt_key(prompt)))  # fmt: skip
+    return out
+
+
+def grading_texts(pool: RulePool, props: PropositionPool | None) -> Callable[[str], str]:
+    """Rule id -> the text the grader reads: a pool rule, or ``prop:<id>`` a proposition."""
+
+    def text(rule_id: str) -> str:
+        if rule_id.startswith(PROP_PREFIX):
+            if props is None:
+                raise ValueError(f"{rule_id}: proposition examples need a proposition pool")
+            return props[rule_id.removeprefix(PROP_PREFIX)].text
+        return pool[rule_id].text
+
+    return text
+
+
 def preference_examples(
     path: Path, source: str, pool: RulePool, split: Literal["train", "test"], seed: int
 ) -> list[PairExample]:
@@ -221,6 +260,7 @@ TRAIN_FILES = {
     "refusal_direction": "grader/refusal_direction_benign_pairs.jsonl",
     "coconot": "grader/coconot_pref.jsonl",
     "rbr_gold": "rbr_gold/train.jsonl",
+    "rbr_propositions": "rbr_gold/train.jsonl",
     "hh_harmless": "hh_harmless_test.jsonl",
     "llmbar": "llmbar_pairs.jsonl",
 }
@@ -228,10 +268,15 @@ PREFERENCE_SOURCES = ("hh_harmless", "llmbar")  # trained pairwise (PairExample)
 
 
 def training_examples(
-    data: Path, pool: RulePool, limits: dict[str, int], seed: int = 0
+    data: Path,
+    pool: RulePool,
+    limits: dict[str, int],
+    seed: int = 0,
+    props: PropositionPool | None = None,
 ) -> list[Example]:
     """The training split of every source, each capped at ``limits[source]`` rows (drawn
-    with ``seed``), shuffled. Raises if a mapped rule is missing from ``pool``."""
+    with ``seed``), shuffled. Raises if a mapped rule is missing from ``pool``. The
+    proposition examples come only with ``props`` and a non-zero ``rbr_propositions`` limit."""
     missing = sorted(
         {r for rules in GPTFUZZ_RULES.values() for r in rules}.union(HELP_RULES)
         .union(r for r, _, _ in RBR_PROPOSITIONS.values())
@@ -251,6 +296,10 @@ def training_examples(
         "coconot": pair_examples(data / TRAIN_FILES["coconot"], "coconot", "train", seed),
         "rbr_gold": rbr_examples(data / TRAIN_FILES["rbr_gold"]),
     }
+    if props is not None and limits.get("rbr_propositions", 0) > 0:
+        parts["rbr_propositions"] = proposition_examples(
+            data / TRAIN_FILES["rbr_propositions"], props
+        )
     out: list[Example] = []
     for name, rows in parts.items():
         rng.shuffle(rows)
