@@ -56,6 +56,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -76,7 +77,7 @@ from serve_load_model import (
     tokenizer_of,
     upper_bound,
 )
-from serve_load_report import _git_rev, _machine, plot, ratios, report
+from serve_load_report import _git_rev, _machine, plot, ratios, rbr_report, report
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -218,7 +219,9 @@ def reward_service(
         "serve.pass_overhead_tokens": args.pass_overhead,
         **(extra or {}),
     }
-    cpus = max(os.cpu_count() or 1, args.replicas * args.threads + 1)  # logical Ray CPUs
+    rbr_cpus = float((extra or {}).get("serve.rbr_cpus", 0.0))
+    # logical Ray CPUs
+    cpus = max(os.cpu_count() or 1, math.ceil(args.replicas * args.threads + 1 + rbr_cpus))
     t0 = time.monotonic()
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
     try:
@@ -235,6 +238,23 @@ def reward_service(
         with contextlib.suppress(Exception):
             serve.shutdown()
         ray.shutdown()
+
+
+def rbr_system(
+    work: Path, items: list[Any], tokens: list[int], args: argparse.Namespace, cache: Path
+) -> dict[str, Any]:
+    """(r): the service of (c) with serve.rbr=default: every request also grades all
+    propositions of its item in the RBR deployment (``--threads`` CPUs, like the model).
+    The caller's cache holds the prepared grader and the fitted RBR weights."""
+    bodies = [
+        json.dumps({"items": [{"prompt": p, "response": r, "response_type": "hard_refuse"}],
+                    "model_version": None}).encode()
+        for p, r in items
+    ]  # fmt: skip
+    extra = {"serve.rbr": "default", "serve.rbr_cpus": float(args.threads),
+             "paths.cache_dir": str(cache)}  # fmt: skip
+    with reward_service(work / "registry", work / "cache", args, extra) as url:
+        return {"closed": sweep("(r)", url, bodies, tokens, args)}
 
 
 def service_counters(url: str) -> dict[str, float]:
@@ -287,7 +307,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--systems",
         default="b,c",
-        help="Servers to run besides (a), which always runs: b,c (default), b, c.",
+        help="Servers to run besides (a), which always runs: b,c (default), b, c; add r for"
+        " (c) with the Rule-Based Reward on every request (serve.rbr=default, its own"
+        " deployment grading the propositions; needs an RBR artifact for the configured"
+        " grader: `ramo rbr fit`), closed loop only.",
     )
     ap.add_argument("--concurrency", type=ints, default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--duration-s", type=float, default=8.0, help="Measured s per point (8).")
@@ -466,13 +489,15 @@ def main() -> int:
                     "closed": closed,
                     "open": open_rates("(c)", url, bodies, tokens, args, rates),
                 }
+        if "r" in args.systems:
+            res["r"] = rbr_system(work, items, tokens, args, settings.paths.cache_dir)
         if args.systems:  # (a) again: the machine's speed drifts over a run this long
             a_end, _ = upper_bound(folder, items, tokens, args, single=False)
             res["a_end"] = {k: v for k, v in a_end.items() if k not in ("scores", "params")}
             print(f"(a) again after the servers: {a_end['items_per_s']:.1f} items/s", flush=True)
     res["load_end"] = os.getloadavg()[0]
     res["ratios"] = ratios(res)
-    text = report(res, args)
+    text = report(res, args) + rbr_report(res)
     print("\n" + text)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)

@@ -259,3 +259,25 @@ def plot(res: dict, path: Path, args: argparse.Namespace) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def rbr_report(res: dict) -> str:
+    """(r) against (c), same run, same clients: what adding the Rule-Based Reward costs."""
+    if "r" not in res or "c" not in res:
+        return ""
+    c = {row["clients"]: row for row in res["c"]["closed"]}
+    lines = ["", "## Scoring with the Rule-Based Reward: (r) vs (c), same run", "",
+             "| clients | (c) req/s | (r) req/s | (r)/(c) | (r) p50 ms | (r) p95 ms | (r) errors |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in res["r"]["closed"]:
+        base = c.get(row["clients"])
+        ratio = row["req_per_s"] / base["req_per_s"] if base and base["req_per_s"] else None
+        lines.append(
+            f"| {row['clients']} | {fmt(base['req_per_s'] if base else None)} |"
+            f" {fmt(row['req_per_s'])} | {fmt(ratio, '.2f')} | {fmt(row['p50_ms'], '.0f')} |"
+            f" {fmt(row['p95_ms'], '.0f')} | {row['errors']} |"
+        )
+    lines += ["", "(r): serve.rbr=default, every item typed hard_refuse; its RBR deployment"
+              " (the configured grader, one replica, --threads CPUs) grades every proposition of"
+              " the item while the model scores it."]  # fmt: skip
+    return "\n".join(lines)
