@@ -403,14 +403,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:
         # Our own errors carry the fix in their message; show it without a traceback.
+        from ramo_stream.core.propositions import PropositionPoolError
+        from ramo_stream.core.rbr_rubric import RubricError
         from ramo_stream.core.rules import RulePoolError
 
-        known: tuple[type[BaseException], ...] = (RulePoolError,)
+        known: tuple[type[BaseException], ...] = (RulePoolError, PropositionPoolError, RubricError)
         try:
+            from ramo_stream.label.rbr.artifact import RBRArtifactError
             from ramo_stream.local_models import ModelNotAvailable
             from ramo_stream.stream.broker import BrokerError
 
-            known += (BrokerError, ModelNotAvailable)
+            known += (BrokerError, ModelNotAvailable, RBRArtifactError)
         except ImportError:
             pass
         if isinstance(e, known):

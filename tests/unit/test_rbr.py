@@ -208,3 +208,24 @@ def test_an_artifact_for_another_grader_is_refused(tmp_path: Path) -> None:
 def test_an_artifact_missing_a_response_type_is_not_saved(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="comply"):
         save_artifact(_artifact(weights={"hard_refuse": {}}), tmp_path)
+
+
+def test_rbr_show_prints_the_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ramo_stream.cli.command import main
+
+    save_artifact(_artifact(borrowed={"safe_refuse_1": "safe_refuse_2"}), tmp_path / "rbr")
+    assert main(["rbr", "show", "--paths-cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "rbr-20260101T000000Z" in out and "apology" in out and "0.500" in out
+    assert "safe_refuse_1 had no training pairs" in out
+
+
+def test_rbr_show_names_a_broken_artifact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ramo_stream.cli.command import main
+
+    bad = tmp_path / "rbr-x.json"
+    bad.write_text('{"kind": "rbr"}')
+    assert main(["rbr", "show", "--artifact", str(bad)]) == 1
+    assert "ramo rbr fit" in capsys.readouterr().err
