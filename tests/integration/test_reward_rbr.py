@@ -68,7 +68,8 @@ def setup(
         grader=GraderRef(name=grader.name, template_version=grader.template_version),
         features="grader", weights=weights, fit={},
     )  # fmt: skip
-    save_artifact(art, settings.paths.rbr_dir)
+    # Named explicitly: the newest fitting artifact could be a shipped one, not this one.
+    overrides["serve.rbr_artifact"] = str(save_artifact(art, settings.paths.rbr_dir))
     app = build_app(RewardAppArgs(overrides=overrides, ingress_cpus=0.1))
     serve.run(app, name="rbr", route_prefix="/rbr")
     url = f"http://127.0.0.1:{ray_serve}/rbr"

@@ -213,8 +213,8 @@ def test_an_artifact_missing_a_response_type_is_not_saved(tmp_path: Path) -> Non
 def test_rbr_show_prints_the_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ramo_stream.cli.command import main
 
-    save_artifact(_artifact(borrowed={"safe_refuse_1": "safe_refuse_2"}), tmp_path / "rbr")
-    assert main(["rbr", "show", "--paths-cache-dir", str(tmp_path)]) == 0
+    path = save_artifact(_artifact(borrowed={"safe_refuse_1": "safe_refuse_2"}), tmp_path)
+    assert main(["rbr", "show", "--artifact", str(path)]) == 0
     out = capsys.readouterr().out
     assert "rbr-20260101T000000Z" in out and "apology" in out and "0.500" in out
     assert "safe_refuse_1 had no training pairs" in out
