@@ -248,5 +248,6 @@ class TopicCounts:
                 with contextlib.suppress(Exception):
                     consumer.close()
         self.ends.update(read)
-        self.complete = bool(tps) and len(read) == len(tps)
+        listed = {tp.topic for tp in tps}
+        self.complete = listed == set(self.topics) and len(read) == len(tps)
         return self.ends.totals_by(lambda tp: tp.topic, self.topics)
