@@ -269,7 +269,7 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
                 bridge.halt(300)
                 trainer.halt(600)
                 if abort.is_set() and ephemeral and failed is None:
-                    snap = view.sample(polls=100)  # exact sizes for the count, not a view
+                    snap = view.sample(wait_s=10.0)  # every partition read, for the count
                     pairs = max(0, snap.pairs - _committed(processor))
                     labels = max(0, snap.labels - snap.labels_read)
                     say(

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ramo_stream.config import Settings
+from ramo_stream.core.counts import growth_rate
 from ramo_stream.core.stats import describe_accuracy
 
 
@@ -48,10 +49,12 @@ def scored_requests(metrics_text: str) -> int:
 
 
 def rate(history: deque[Snapshot], count: Callable[[Snapshot], int]) -> float | None:
-    """Per-second growth of ``count`` over the snapshots kept (None until two exist)."""
-    if len(history) < 2 or history[-1].at <= history[0].at:
+    """Per-second growth of ``count`` over the snapshots kept (None until two exist);
+    never negative (see ``growth_rate``)."""
+    if len(history) < 2:
         return None
-    return (count(history[-1]) - count(history[0])) / (history[-1].at - history[0].at)
+    first, last = history[0], history[-1]
+    return growth_rate((first.at, count(first)), (last.at, count(last)))
 
 
 def render(snap: Snapshot, history: deque[Snapshot], selector: str, url: str) -> list[str]:
@@ -124,14 +127,16 @@ class LiveView:
     def __init__(self, settings: Settings, bootstrap: str, url: str, out: TextIO,
                  heartbeat_s: float = 30.0) -> None:  # fmt: skip
         from ramo_stream.registry.setup import open_registry
-        from ramo_stream.stream.kafka_io import make_consumer
+        from ramo_stream.stream.kafka_io import TopicCounts
 
         self.settings, self.url, self.out = settings, url, out
         self.registry = open_registry(settings)
-        # No group, no commits: it only reads high watermarks. make_consumer carries the
-        # kafka.* security settings, as every client of the project does.
-        self.consumer = make_consumer(bootstrap, settings.kafka, None,
-                                      client_id=f"{settings.kafka.client_id}-up-view")  # fmt: skip
+        t = settings.topics
+        # Exact counts that never go down; it reads only high watermarks, with no group
+        # and no commits, and carries the kafka.* security settings as every client does.
+        self.counts = TopicCounts(bootstrap, settings.kafka, [t.pairs, t.labels, t.dlq],
+                                  client_id=f"{settings.kafka.client_id}-up-view")  # fmt: skip
+        self._scored_max = 0  # a scrape that fails or lands on a fresh process reads less
         self.history: deque[Snapshot] = deque(maxlen=10)
         self.tty = out.isatty()
         self.log = ChangeLog(out, heartbeat_s)
@@ -139,23 +144,24 @@ class LiveView:
         token = settings.serve.api_token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _topic_sizes(self, topics: list[str], polls: int = 10) -> dict[str, int]:
-        from ramo_stream.stream.kafka_io import topic_sizes
-
-        return topic_sizes(self.consumer, topics, polls)
-
     def _scored(self) -> int:
+        """Scoring requests answered so far; a failed scrape, or a counter that restarted
+        with its process, keeps the last known number (the count never goes down)."""
         import httpx
 
         try:
             reply = httpx.get(f"{self.url}/metrics", headers=self._headers, timeout=2.0)
-            return scored_requests(reply.text) if reply.status_code == 200 else 0
+            if reply.status_code == 200:
+                self._scored_max = max(self._scored_max, scored_requests(reply.text))
         except httpx.HTTPError:
-            return self.history[-1].scored if self.history else 0
+            pass
+        return self._scored_max
 
-    def sample(self, polls: int = 10) -> Snapshot:
+    def sample(self, wait_s: float = 1.0) -> Snapshot:
+        """One snapshot; ``wait_s`` bounds the wait for the broker's answers (a partition
+        not heard from in time keeps its last known count)."""
         t = self.settings.topics
-        sizes = self._topic_sizes([t.pairs, t.labels, t.dlq], polls)
+        sizes = self.counts.sample(wait_s)
         snap = Snapshot(time.monotonic(), sizes[t.pairs], sizes[t.labels], sizes[t.dlq],
                         self._scored())  # fmt: skip
         manifest = self.registry.current()
@@ -185,4 +191,4 @@ class LiveView:
         return snap
 
     def close(self) -> None:
-        self.consumer.close()
+        """Nothing stays open between samples (each uses a consumer of its own)."""
