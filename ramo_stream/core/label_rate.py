@@ -68,6 +68,9 @@ class RateBudget:
             raise ValueError(f"a budget is >= 0 labels per second, got {per_s}")
         elapsed = min(max(0.0, now - self._last), self.max_gap_s)
         self._last = now
+        if math.isinf(per_s):  # a labeler faster than the clock can time: no limit
+            self.credit = 0.0
+            return list(sizes)
         total = sum(sizes)
         out = []
         for n in sizes:
