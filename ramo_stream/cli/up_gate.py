@@ -62,25 +62,23 @@ def count_lines(files: tuple[Path, ...], limit: int | None) -> int:
 
 def waiting_on_topic(settings: Settings, bootstrap: str) -> int:
     """Pairs on the pairs topic that neither the labeler nor the gate has committed (a broker
-    that outlives `ramo up` keeps them from before); 0 when it cannot be read."""
+    that outlives `ramo up` keeps them from before); 0 when it cannot be read. Partition
+    ends are fetch high watermarks (``TopicCounts``: exact on tansu too)."""
     from ramo_stream.label.bridge import GROUP
-    from ramo_stream.stream.clients import TopicPartition
-    from ramo_stream.stream.kafka_io import make_consumer
+    from ramo_stream.stream.kafka_io import TopicCounts, make_consumer
 
     topic = settings.topics.pairs
+    counts = TopicCounts(bootstrap, settings.kafka, [topic])
+    counts.sample(wait_s=5.0)
     consumers = []
     try:
-        ends: dict[Any, int] = {}
         done: dict[Any, int] = {}
         for group in (GROUP, settings.select.group):
             c = make_consumer(bootstrap, settings.kafka, group)
             consumers.append(c)
-            tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-            if not ends:
-                ends = dict(c.end_offsets(tps))
-            for tp in tps:
+            for tp in counts.ends.known():
                 done[tp] = max(done.get(tp, 0), c.committed(tp) or 0)
-        return sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
+        return sum(max(0, (counts.ends.get(tp) or 0) - n) for tp, n in done.items())
     except Exception as e:  # noqa: BLE001 - an estimate; the decision says it was 0
         log.info("up: cannot read the pairs waiting on %s: %s", topic, e)
         return 0

@@ -206,7 +206,7 @@ def test_ramo_up_wiring_gate_then_labeler_labels_only_selected_pairs(
     """The gate and the labeler bridge as `ramo up` starts, feeds and drains them (the real
     labeler app is tested in test_serve_labeler.py; a stand-in here): N pairs in, selected +
     skipped = N, the labeler labels the selected ones and no other, offsets committed."""
-    from ramo_stream.cli.up_gate import start_labeling
+    from ramo_stream.cli.up_gate import start_labeling, waiting_on_topic
     from ramo_stream.cli.up_loop import Component, _label
     from tests.integration.test_bridge_recovery import StandInLabeler
 
@@ -243,3 +243,8 @@ def test_ramo_up_wiring_gate_then_labeler_labels_only_selected_pairs(
     assert committed_total(broker, names["pairs"], settings.select.group) == 60
     assert committed_total(broker, names["selected"], "ramo-labeler") == len(selected)
     assert labeling.gate.gate.store is not None and labeling.gate.gate.store.path.is_file()
+    # What `ramo up`'s select.enabled=auto counts as waiting on a broker that outlives it:
+    # pairs neither the gate nor the labeler has committed.
+    assert waiting_on_topic(settings, broker) == 0
+    produce(broker, names["pairs"], pairs(67)[60:])
+    assert waiting_on_topic(settings, broker) == 7
