@@ -19,7 +19,9 @@ it), and every version's held-out accuracy (agreement with the labeler's own lab
 trainer's hash-held-out slice, ``heldout_size`` pairs) against time. The labels are the
 grader's, not the human's, so that accuracy says how well the reward model learns the
 labeler, not whether the labeler is right; the human-gold agreement of the labels is
-reported beside it.
+reported beside it. The final version is also scored afresh on the held-out pairs, against
+the labeler's labels and against the human preference, with ties (equal rewards) counted
+apart: the trainer counts a tie as wrong.
 
 The benchmark starts its own broker and passes it to `ramo up`, so the topics outlive the
 run and the label write times can be read afterwards.
@@ -74,6 +76,38 @@ def sustained(labels: list[Any]) -> float:
     without model loading or start-up (n - 1 intervals over the span)."""
     times = sorted(lp.labeled_at.timestamp() for lp in labels)
     return (len(times) - 1) / (times[-1] - times[0])
+
+
+def final_on_heldout(folder: Path, version: int, labels: list[Any]) -> dict[str, Any]:
+    """The final version's rewards on the trainer's held-out pairs: (hits, ties, n) against
+    the labeler's preferred side and against the human one (``metadata.gold``)."""
+    from ramo_stream.config import load_settings
+    from ramo_stream.eval.evaluate import Example, load_local, score_local
+    from ramo_stream.train.data import is_heldout
+
+    every = int(LOOP_SETTINGS["train.heldout_every"])
+    held = [lp for lp in labels
+            if lp.preferred in ("a", "b") and is_heldout(lp.pair.pair_id, every)]  # fmt: skip
+    settings = load_settings()
+    examples = [
+        Example(i, lp.pair.prompt if isinstance(lp.pair.prompt, str)
+                else [m.model_dump() for m in lp.pair.prompt],
+                lp.pair.response_a, lp.pair.response_b, "heldout")
+        for i, lp in enumerate(held)
+    ]  # fmt: skip
+    scores = score_local(load_local(folder, version, settings), examples, settings)
+    out: dict[str, Any] = {}
+    for who in ("labeler", "human"):
+        hits = ties = n = 0
+        for lp, (ra, rb) in zip(held, scores, strict=True):
+            side = lp.preferred if who == "labeler" else lp.pair.metadata.get("gold")
+            if side not in ("a", "b"):
+                continue
+            n += 1
+            ties += ra == rb
+            hits += (ra > rb) if side == "a" else (rb > ra)
+        out[who] = {"hits": hits, "ties": ties, "n": n}
+    return out
 
 
 def run_loop(args: argparse.Namespace, common: list[str], tmp: Path) -> dict[str, Any]:
@@ -144,6 +178,9 @@ def run_loop(args: argparse.Namespace, common: list[str], tmp: Path) -> dict[str
         "freshness_s": sorted(fresh),
         "labels_agree_with_human": (sum(agree), len(agree)),
         "curve": curve,
+        "final_on_heldout": final_on_heldout(
+            Registry(str(registry_dir)).path(final.version), final.version, gold
+        ),
     }
 
 
@@ -154,6 +191,11 @@ LOOP_SETTINGS = {
     "train.publish_every_s": 10.0,
     "train.heldout_every": 5,
 }
+
+
+def fmt_hits(hits: int, n: int) -> str:
+    """hits/n with its Wilson interval (n excludes ties)."""
+    return accuracy_with_interval(hits / n if n else None, n)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -178,11 +220,13 @@ def main() -> int:
         print(f"skipped: {args.data} is absent (the shared human-labelled data)", file=sys.stderr)
         return 0
     from ramo_stream.config import load_settings
+    from ramo_stream.label.grading.factory import describe_choice
     from ramo_stream.local_models import KNOWN, prepare
 
-    models = load_settings().paths.models_dir
-    for name in {"smollm2-135m-instruct", args.reward_backbone} & set(KNOWN):
-        prepare(name, models)  # once; ramo up would, ramo label would not
+    settings = load_settings()
+    grader = describe_choice(settings)
+    for name in {settings.models.grader, args.reward_backbone} & set(KNOWN):
+        prepare(name, settings.paths.models_dir)  # once; ramo up would, ramo label would not
     common = ["--selector", args.selector, "-k", str(args.k),
               "--models-reward-backbone", args.reward_backbone]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="ramo-e2e-") as d:
@@ -201,7 +245,7 @@ def main() -> int:
         "",
         f"command: `{command}`",
         f"machine: {os.cpu_count()} cores, CPU; data {args.data.name}, {args.pairs} pairs; selector"
-        f" {args.selector}, k={args.k}; grader smollm2-135m-instruct; reward backbone"
+        f" {args.selector}, k={args.k}; {grader}; reward backbone"
         f" {args.reward_backbone}; loop settings "
         + ", ".join(f"{k}={v}" for k, v in LOOP_SETTINGS.items()),
         "",
@@ -219,6 +263,16 @@ def main() -> int:
         f"| freshness, label write -> first version with it: median / p90 / max (s) |"
         f" {pct(fresh, 50):.1f} / {pct(fresh, 90):.1f} / {max(fresh, default=float('nan')):.1f} |",
         f"| labels agreeing with the human preference | {agree}/{n_gold} |",
+        "",
+        "The final version, scored afresh on the trainer's held-out pairs (a tie, equal"
+        " rewards, is neither right nor wrong here; the trainer's curve below counts it wrong):",
+        "",
+        "| final version against | agreement [95% interval] | ties | pairs |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {who} | {fmt_hits(v['hits'], v['n'] - v['ties'])} | {v['ties']} | {v['n']} |"
+            for who, v in loop["final_on_heldout"].items()
+        ),
         "",
         "Held-out accuracy over time (agreement with the labeler's labels on the held-out slice):",
         "",

@@ -7,7 +7,9 @@ LLMBar included, which training reads only when asked), or from a file it never 
 
 - rule level: GPTFuzz held-out questions (accuracy of "breaks the rule" vs human
   `jailbroken`, F1 on jailbroken, ECE of P(Yes)); rbr_gold/test propositions mapped to rules
-  (accuracy per proposition and mean);
+  (accuracy per proposition and mean); all 23 rbr_gold/test propositions graded by their own
+  text (the proposition pool Rule-Based Rewards use): accuracy, balanced accuracy and the
+  majority-class baseline per proposition, and their means;
 - pairwise: the whole labeler (the selector `ramo up` deploys: the Rule Adapter when one is
   trained for the pool, else random-k, as `ramo up` falls back) on slices of HH harmless,
   CoCoNot pref, refusal_direction and LLMBar; agreement with the human preference, ties
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 
 from ramo_stream.config import load_settings
+from ramo_stream.core.propositions import load_propositions
 from ramo_stream.core.rules import load_pool
 from ramo_stream.core.stats import wilson_interval
 from ramo_stream.label.grading.factory import describe, make_grader
@@ -42,6 +45,7 @@ from ramo_stream.label.grading.sources import (
     gptfuzz_examples,
     held_out,
     prompt_key,
+    proposition_examples,
     rbr_examples,
     read_jsonl,
 )
@@ -98,6 +102,30 @@ def rule_level(grader: Any, pool: Any, fuzz: list[Any], rbr: list[Any]) -> dict[
     return out
 
 
+def proposition_level(grader: Any, props: Any, examples: list[Any]) -> dict[str, Any]:
+    """Per proposition: accuracy, balanced accuracy (mean of the true-positive and
+    true-negative rates: a grader that always says No scores 0.5) and the majority-class
+    share (what always answering the commoner answer would score)."""
+    probs = grader.grade([as_request(e, props[e.rule_id.removeprefix("prop:")].text)
+                          for e in examples])  # fmt: skip
+    out: dict[str, Any] = {}
+    for pid in props.ids:
+        rows = [(p.p_yes >= p.p_no, e.answer == 0)
+                for p, e in zip(probs, examples, strict=True)
+                if e.rule_id == f"prop:{pid}"]  # fmt: skip
+        if not rows:
+            continue
+        pos = sum(t for _, t in rows)
+        tp = sum(g and t for g, t in rows)
+        tn = sum(not g and not t for g, t in rows)
+        rates = [tp / pos] if pos else []
+        rates += [tn / (len(rows) - pos)] if pos < len(rows) else []
+        out[pid] = {"n": len(rows), "hits": tp + tn, "positives": pos,
+                    "balanced": sum(rates) / len(rates),
+                    "majority": max(pos, len(rows) - pos) / len(rows)}  # fmt: skip
+    return out
+
+
 def pairwise(labeler: Labeler, slices: dict[str, list[ResponsePair]]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for name, pairs in slices.items():
@@ -148,6 +176,8 @@ def main() -> None:
     random.Random(args.seed).shuffle(fuzz)
     fuzz = fuzz[: args.fuzz_rows]
     rbr = rbr_examples(DATA / "rbr_gold" / "test.jsonl")
+    props = load_propositions(settings.paths.propositions)
+    prop_rows = proposition_examples(DATA / "rbr_gold" / "test.jsonl", props)
     slices = {name: pair_slice(name, args.pairs, args.seed) for name in PAIR_FILES}
 
     graders: list[tuple[str, Any, int, int]] = []
@@ -183,6 +213,9 @@ def main() -> None:
         # rbr rows come in groups of len(RBR_PROPOSITIONS) per completion: keep whole groups
         n_rbr = (n_rows // len(RBR_PROPOSITIONS)) * len(RBR_PROPOSITIONS)
         rl = rule_level(grader, pool, fuzz[:n_rows], rbr[:n_rbr] if n_rows < len(fuzz) else rbr)
+        # whole completions: all propositions of the first n_rows // 23 (every one if trained)
+        n_prop = len(prop_rows) if n_rows >= len(fuzz) else (n_rows // len(props)) * len(props)
+        rl["propositions"] = proposition_level(grader, props, prop_rows[:n_prop])
         labeler, selector = deployed_labeler(grader, pool, settings)
         pw = pairwise(labeler, {k: v[:n_pairs] for k, v in slices.items()})
         kind = title.split(":")[0]
@@ -231,8 +264,29 @@ def main() -> None:
         "",
         "rbr propositions mapped (sources.py RBR_PROPOSITIONS): "
         + ", ".join(f"{p} -> {r}" for p, (r, _, _) in RBR_PROPOSITIONS.items())
-        + "; the other 20 propositions have no rule of the pool and are not scored.",
+        + ".",
         "",
+        f"## All rbr_gold/test propositions, graded by their own text ({props.name}, {props.hash})",
+        "",
+        "Accuracy [Wilson 95%], balanced accuracy (always-No scores 0.5) and the majority"
+        " baseline (always the commoner answer). Many propositions are rare, so accuracy alone"
+        " flatters: read the balanced column.",
+        "",
+    ]
+    for title, rl, *_ in results:
+        pr = rl.get("propositions")
+        if not pr:
+            continue
+        lines += [f"**{title}**", "", "| proposition | positives / n | accuracy | balanced"
+                  " | majority |", "|---|---:|---|---:|---:|"]  # fmt: skip
+        for pid, m in pr.items():
+            lines.append(f"| {pid} | {m['positives']}/{m['n']} | {fmt(m['hits'], m['n'])}"
+                         f" | {m['balanced']:.3f} | {m['majority']:.3f} |")  # fmt: skip
+        mean = {k: sum(m[k] for m in pr.values()) / len(pr) for k in ("balanced", "majority")}
+        acc = sum(m["hits"] / m["n"] for m in pr.values()) / len(pr)
+        lines += [f"| **mean of {len(pr)}** | | {acc:.3f} | {mean['balanced']:.3f}"
+                  f" | {mean['majority']:.3f} |", ""]  # fmt: skip
+    lines += [
         "## Pairwise agreement of the whole labeler with the human preference",
         "",
         "| grader | selector | " + " | ".join(PAIR_FILES) + " | seconds |",

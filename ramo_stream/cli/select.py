@@ -14,7 +14,7 @@ from ramo_stream.config import Settings
 def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
     from ramo_stream.registry.features import ServedModel
     from ramo_stream.stream.broker import kafka_session
-    from ramo_stream.stream.gate import make_gate, run_gate
+    from ramo_stream.stream.gate import info_store, make_gate, run_gate
 
     s, topics = settings.select, settings.topics
     window = f"{s.window_pairs} pairs" if s.window_pairs else f"{s.window_s} s"
@@ -23,13 +23,17 @@ def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with kafka_session(settings) as bootstrap:
         processor, gate = make_gate(settings, bootstrap, ServedModel(settings))
-        print(f"select: {topics.pairs} -> {topics.selected} (budget {s.budget:g} per {window},"
-              f" {s.strategy}) + {topics.skipped}; group {s.group}")  # fmt: skip
+        budget = (f"{s.budget_per_s:g} labels/s" if s.budget_per_s is not None
+                  else f"{s.budget:g} per {window}")  # fmt: skip
+        print(f"select: {topics.pairs} -> {topics.selected} (budget {budget}, {s.strategy}) +"
+              f" {topics.skipped}; group {s.group}; M saved in"
+              f" {info_store(settings).path}")  # fmt: skip
         started = time.monotonic()
         try:
             run_gate(processor, settings, stop, idle_timeout_s=args.idle_timeout,
                      until_caught_up=args.until_caught_up)  # fmt: skip
         finally:
+            gate.save_info(time.monotonic(), force=True)
             processor.close()
             gate.writer.producer.close()
     st = gate.stats

@@ -2,15 +2,18 @@
 
 Start order: the broker (or the configured Kafka), Ray (a local one, or the cluster that
 RAY_ADDRESS names), Ray Serve with two apps (``labeler``, no HTTP route; ``reward`` on
-``serve.host:serve.port``), then three threads of this process: the Kafka bridge that
-feeds the labeler, the continuous trainer (Ray Train), and, with ``--demo`` or
-``--file``, an ingest of pairs. The main thread draws the live view.
+``serve.host:serve.port``), then threads of this process: the selection gate when
+``select.enabled`` resolves on (``up_gate``), the Kafka bridge that feeds the labeler
+(from ``topics.selected`` behind the gate, else ``topics.pairs``), the continuous trainer
+(Ray Train), and, with ``--demo`` or ``--file``, an ingest of pairs. The main thread draws
+the live view.
 
 Stop order (Ctrl-C, SIGTERM, ``--exit-when-idle``, or a component failing): the ingest,
-then the bridge, then the trainer, then the reward service once it serves the final
-version, then Serve, Ray and the broker. When this process started the broker, its topics
-end with it, so a stop first drains: the bridge labels every pair already on the pairs
-topic, then the trainer trains on every label and publishes a final version. A second
+then the gate, then the bridge, then the trainer, then the reward service once it serves
+the final version, then Serve, Ray and the broker. When this process started the broker,
+its topics end with it, so a stop first drains: the gate sorts every pair on the pairs
+topic, the bridge labels every pair it reads, then the trainer trains on every label and
+publishes a final version. A second
 Ctrl-C skips the rest of the drain (the bridge finishes its batch in flight, the trainer
 publishes what it has) and says how many accepted pairs that drops; a third gives up at
 once. With a broker that outlives the command, nothing is lost by not draining, so the
@@ -38,6 +41,7 @@ from ramo_stream.config import Settings, flat_settings
 # What `--demo` changes unless a flag, variable or file sets it: 40 pairs are few, so
 # publish often and hold out more of them, or nothing would be seen to happen.
 DEMO_SETTINGS: dict[str, Any] = {
+    "select.enabled": "off",  # 40 pairs: the labeler takes them all within a minute
     "train.batch_pairs": 4,
     "train.publish_every_steps": 2,
     "train.publish_every_s": 10.0,
@@ -178,12 +182,20 @@ def _label(bridge: Any, stop: threading.Event, finish: threading.Event) -> Any:
         bridge.close()
 
 
-def _committed(bridge: Any) -> int:
-    """Pairs the bridge has committed (its thread writes the dict while we read it)."""
+def _committed(processor: Any) -> int:
+    """Records a stage has committed (its thread writes the dict while we read it)."""
     for _ in range(5):
         with contextlib.suppress(RuntimeError):  # "dictionary changed size during iteration"
-            return sum(list(bridge.stats.committed.values()))
+            return sum(list(processor.stats.committed.values()))
     return 0
+
+
+def _unlabeled(snap: Any, labeling: Any) -> int:
+    """Accepted pairs not labeled yet: not sorted by the gate, or selected and not labeled."""
+    if labeling.gate is None:
+        return max(0, snap.pairs - _committed(labeling.bridge))
+    ungated = max(0, snap.pairs - _committed(labeling.gate.processor))
+    return ungated + max(0, (snap.selected or 0) - _committed(labeling.bridge))
 
 
 def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> int:
@@ -192,7 +204,13 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
 
     from ray import serve
 
-    from ramo_stream.label.bridge import make_bridge
+    from ramo_stream.cli.up_gate import (
+        count_lines,
+        decide,
+        save_rate,
+        start_labeling,
+        waiting_on_topic,
+    )
     from ramo_stream.label.serve_app import LabelerAppArgs
     from ramo_stream.label.serve_app import build_app as build_labeler
     from ramo_stream.serve.reward_app import RewardAppArgs
@@ -240,8 +258,20 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
                                 name="labeler", route_prefix=None)  # fmt: skip
             say(f"labeler and reward service deployed; reward API at {url} (POST /v1/score,"
                 " /v1/compare, /get_reward; GET /v1/models, /health, /metrics)")  # fmt: skip
-            ingest, bridge, trainer = (Component(n) for n in ("ingest", "labeler", "trainer"))
-            processor = make_bridge(settings, bootstrap, labeler)
+            ingest, gate, bridge, trainer = (
+                Component(n) for n in ("ingest", "gate", "labeler", "trainer")
+            )
+            waiting = count_lines(options.files, options.limit)
+            if settings.select.enabled == "auto" and not ephemeral:
+                waiting += waiting_on_topic(settings, bootstrap)
+            gate_on, why = decide(settings, waiting)
+            labeling = start_labeling(settings, bootstrap, labeler, gate_on)
+            processor = labeling.bridge
+            t = settings.topics
+            say(f"selection gate: {why}" + (f"; {t.pairs} -> {t.selected} (labeled) +"
+                f" {t.skipped}" if gate_on else ""))  # fmt: skip
+            if labeling.gate is not None:
+                gate.start(labeling.gate.run)
             bridge.start(lambda ev, fin: _label(processor, ev, fin))
             trainer.start(lambda ev, fin: run_trainer(settings, bootstrap, stop_event=ev,
                                                       finish_event=fin,
@@ -249,13 +279,14 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
             if options.files:
                 ingest.start(lambda ev, fin: _ingest(settings, bootstrap, options.files,
                                                      options.limit, ev, fin))  # fmt: skip
-            parts = [ingest, bridge, trainer]
-            view = LiveView(settings, bootstrap, url, out, options.heartbeat_s)
+            parts = [ingest, *([gate] if gate_on else []), bridge, trainer]
+            view = LiveView(settings, bootstrap, url, out, options.heartbeat_s,
+                            labeling.budget_text if gate_on else None)  # fmt: skip
             try:
                 failed = _watch(view, settings, options, stop, out, parts, processor)
                 ingest.halt(30)
                 if failed is None and ephemeral:
-                    failed = _drain(view, settings, options, abort, processor, parts, say)
+                    failed = _drain(view, settings, options, abort, labeling, parts, say)
                 else:
                     say(
                         "stopping: the labeler finishes its batch in flight, the trainer "
@@ -266,11 +297,13 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
                             else f"; what is left on {settings.topics.pairs} waits for the next run"
                         )
                     )
+                gate.halt(120)  # after its poll in hand: both outputs acknowledged, committed
                 bridge.halt(300)
                 trainer.halt(600)
+                save_rate(settings, labeling.pace)  # for the next run's select.enabled=auto
                 if abort.is_set() and ephemeral and failed is None:
-                    snap = view.sample(polls=100)  # exact sizes for the count, not a view
-                    pairs = max(0, snap.pairs - _committed(processor))
+                    snap = view.sample(wait_s=10.0)  # every partition read, for the count
+                    pairs = _unlabeled(snap, labeling)
                     labels = max(0, snap.labels - snap.labels_read)
                     say(
                         f"dropped {pairs} accepted pairs not yet labeled and {labels} labels "
@@ -303,9 +336,10 @@ def _watch(
     processor: Any,
 ) -> Component | None:
     """Draw the live view until a stop is asked for, the loop is idle, or a part fails
-    (returned). ``parts``: ingest, labeler bridge, trainer; ``processor``: the bridge's
-    StreamProcessor, whose health (the broker reachable or not) the view shows."""
-    ingest, _, trainer = parts
+    (returned). ``parts``: ingest, the gate (when on), labeler bridge, trainer;
+    ``processor``: the bridge's StreamProcessor, whose health (the broker reachable or not)
+    the view shows."""
+    ingest, trainer = parts[0], parts[-1]
     selector = settings.labeling.selector
     hint = "Ctrl-C stops (a final version is published first)"
     last_change, last_key = time.monotonic(), None
@@ -318,7 +352,8 @@ def _watch(
         health = processor.health
         status = hint if health.state == "ok" else f"labeler: {health.line()}; {hint}"
         snap = view.draw(selector, status)
-        key = (snap.pairs, snap.labels, snap.dead_letters, snap.version)
+        key = (snap.pairs, snap.labels, snap.dead_letters, snap.version, snap.selected,
+               snap.skipped)  # fmt: skip
         if key != last_key:
             last_change, last_key = time.monotonic(), key
         idle = options.exit_when_idle_s
@@ -333,18 +368,18 @@ def _drain(
     settings: Settings,
     options: UpOptions,
     abort: threading.Event,
-    processor: Any,
+    labeling: Any,
     parts: list[Component],
     say: Callable[[str], None],
 ) -> Component | None:
-    """Finish what was accepted, in data-flow order: the bridge labels every pair on the
-    pairs topic, then the trainer trains on every label and publishes. Returns a part that
-    failed meanwhile; stops early when ``abort`` (a second Ctrl-C) is set."""
-    _, bridge, trainer = parts
+    """Finish what was accepted, in data-flow order: the gate sorts every pair on the pairs
+    topic (when it runs), the bridge labels every pair it reads, then the trainer trains on
+    every label and publishes. Returns a part that failed meanwhile; stops early when
+    ``abort`` (a second Ctrl-C) is set."""
     selector = settings.labeling.selector
     say("stopping: labeling and training every accepted pair first (the embedded broker's"
         " topics end with it); Ctrl-C again skips that")  # fmt: skip
-    for part in (bridge, trainer):
+    for part in parts[1:]:
         part.finish.set()
         while part.running and not abort.wait(options.view_every_s):
             if part.error is not None:
@@ -352,7 +387,7 @@ def _drain(
             last = view.history[-1] if view.history else None  # one view old
             status = "draining; Ctrl-C again drops what is left"
             if last is not None:
-                to_label = max(0, last.pairs - _committed(processor))
+                to_label = _unlabeled(last, labeling)
                 to_train = max(0, last.labels - last.labels_read)
                 status = (f"draining: {to_label} pairs left to label, {to_train} labels not in"
                           " a published version yet; Ctrl-C again drops them")  # fmt: skip

@@ -3,6 +3,7 @@ every few seconds, drawn in place on a terminal or, elsewhere, logged when it ch
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ramo_stream.config import Settings
+from ramo_stream.core.counts import growth_rate
 from ramo_stream.core.stats import describe_accuracy
 
 
@@ -27,6 +29,8 @@ class Snapshot:
     labels_read: int = 0  # labels behind the served version (trained or held out)
     heldout_accuracy: float | None = None
     heldout_size: int = 0
+    selected: int | None = None  # on the gate's topics; None when the gate does not run
+    skipped: int | None = None
 
 
 SCORING_ENDPOINTS = ("/v1/score", "/v1/compare", "/get_reward")
@@ -48,14 +52,18 @@ def scored_requests(metrics_text: str) -> int:
 
 
 def rate(history: deque[Snapshot], count: Callable[[Snapshot], int]) -> float | None:
-    """Per-second growth of ``count`` over the snapshots kept (None until two exist)."""
-    if len(history) < 2 or history[-1].at <= history[0].at:
+    """Per-second growth of ``count`` over the snapshots kept (None until two exist);
+    never negative (see ``growth_rate``)."""
+    if len(history) < 2:
         return None
-    return (count(history[-1]) - count(history[0])) / (history[-1].at - history[0].at)
+    first, last = history[0], history[-1]
+    return growth_rate((first.at, count(first)), (last.at, count(last)))
 
 
-def render(snap: Snapshot, history: deque[Snapshot], selector: str, url: str) -> list[str]:
-    """The live view's lines for one snapshot."""
+def render(
+    snap: Snapshot, history: deque[Snapshot], selector: str, url: str, budget: str | None = None
+) -> list[str]:
+    """The live view's lines for one snapshot; ``budget``: the gate's, when it runs."""
     label_rate = rate(history, lambda s: s.labels)
     score_rate = rate(history, lambda s: s.scored)
 
@@ -71,14 +79,16 @@ def render(snap: Snapshot, history: deque[Snapshot], selector: str, url: str) ->
         age = (datetime.now(UTC) - snap.version_created).total_seconds()
         behind = max(0, snap.labels - snap.labels_read)
         fresh = f"served version is {age:.0f} s old; {behind} labels not in it yet"
-    return [
+    lines = [
         f"pairs ingested {snap.pairs:>6}   labeled {snap.labels:>6}   dead letters "
         f"{snap.dead_letters:>4}   trained {snap.trained:>6}",
         f"labeling {per_s(label_rate)} (selector {selector})   scoring {per_s(score_rate)}"
         f" at {url}",
-        f"model    {model}",
-        f"fresh    {fresh}",
     ]
+    if snap.selected is not None:
+        lines.append(f"select   selected {snap.selected:>6}   skipped {snap.skipped or 0:>6}"
+                     f"   budget {budget or '-'}")  # fmt: skip
+    return [*lines, f"model    {model}", f"fresh    {fresh}"]
 
 
 def change_key(snap: Snapshot, status: str) -> tuple[Any, ...]:
@@ -86,7 +96,7 @@ def change_key(snap: Snapshot, status: str) -> tuple[Any, ...]:
     status line. Rates and ages move on every draw, and scoring requests are outside
     traffic that may never pause, so they are left to the heartbeat line."""
     return (snap.pairs, snap.labels, snap.dead_letters, snap.version, snap.trained,
-            snap.heldout_size, status)  # fmt: skip
+            snap.heldout_size, snap.selected, snap.skipped, status)  # fmt: skip
 
 
 class ChangeLog:
@@ -122,16 +132,21 @@ class LiveView:
     """
 
     def __init__(self, settings: Settings, bootstrap: str, url: str, out: TextIO,
-                 heartbeat_s: float = 30.0) -> None:  # fmt: skip
+                 heartbeat_s: float = 30.0,
+                 gate_budget: Callable[[], str] | None = None) -> None:  # fmt: skip
         from ramo_stream.registry.setup import open_registry
-        from ramo_stream.stream.kafka_io import make_consumer
+        from ramo_stream.stream.kafka_io import TopicCounts
 
         self.settings, self.url, self.out = settings, url, out
         self.registry = open_registry(settings)
-        # No group, no commits: it only reads high watermarks. make_consumer carries the
-        # kafka.* security settings, as every client of the project does.
-        self.consumer = make_consumer(bootstrap, settings.kafka, None,
-                                      client_id=f"{settings.kafka.client_id}-up-view")  # fmt: skip
+        t = settings.topics
+        self.gate_budget = gate_budget  # the gate's budget in words; None: no gate runs
+        gated = [t.selected, t.skipped] if gate_budget is not None else []
+        # Exact counts that never go down; it reads only high watermarks, with no group
+        # and no commits, and carries the kafka.* security settings as every client does.
+        self.counts = TopicCounts(bootstrap, settings.kafka, [t.pairs, t.labels, t.dlq, *gated],
+                                  client_id=f"{settings.kafka.client_id}-up-view")  # fmt: skip
+        self._scored_max = 0  # a scrape that fails or lands on a fresh process reads less
         self.history: deque[Snapshot] = deque(maxlen=10)
         self.tty = out.isatty()
         self.log = ChangeLog(out, heartbeat_s)
@@ -139,23 +154,24 @@ class LiveView:
         token = settings.serve.api_token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _topic_sizes(self, topics: list[str], polls: int = 10) -> dict[str, int]:
-        from ramo_stream.stream.kafka_io import topic_sizes
-
-        return topic_sizes(self.consumer, topics, polls)
-
     def _scored(self) -> int:
+        """Scoring requests answered so far; a failed scrape, or a counter that restarted
+        with its process, keeps the last known number (the count never goes down)."""
         import httpx
 
         try:
             reply = httpx.get(f"{self.url}/metrics", headers=self._headers, timeout=2.0)
-            return scored_requests(reply.text) if reply.status_code == 200 else 0
+            if reply.status_code == 200:
+                self._scored_max = max(self._scored_max, scored_requests(reply.text))
         except httpx.HTTPError:
-            return self.history[-1].scored if self.history else 0
+            pass
+        return self._scored_max
 
-    def sample(self, polls: int = 10) -> Snapshot:
+    def sample(self, wait_s: float = 1.0) -> Snapshot:
+        """One snapshot; ``wait_s`` bounds the wait for the broker's answers (a partition
+        not heard from in time keeps its last known count)."""
         t = self.settings.topics
-        sizes = self._topic_sizes([t.pairs, t.labels, t.dlq], polls)
+        sizes = self.counts.sample(wait_s)
         snap = Snapshot(time.monotonic(), sizes[t.pairs], sizes[t.labels], sizes[t.dlq],
                         self._scored())  # fmt: skip
         manifest = self.registry.current()
@@ -166,12 +182,15 @@ class LiveView:
                 manifest.version, manifest.created_at, manifest.samples_seen, read,
                 manifest.heldout_accuracy, manifest.heldout_size,
             )  # fmt: skip
+        if self.gate_budget is not None:
+            snap = dataclasses.replace(snap, selected=sizes[t.selected], skipped=sizes[t.skipped])
         self.history.append(snap)
         return snap
 
     def draw(self, selector: str, status: str = "") -> Snapshot:
         snap = self.sample()
-        lines = render(snap, self.history, selector, self.url)
+        budget = self.gate_budget() if self.gate_budget is not None else None
+        lines = render(snap, self.history, selector, self.url, budget)
         if status:
             lines.append(status)
         if self.tty:  # redraw in place
@@ -185,4 +204,4 @@ class LiveView:
         return snap
 
     def close(self) -> None:
-        self.consumer.close()
+        """Nothing stays open between samples (each uses a consumer of its own)."""

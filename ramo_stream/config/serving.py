@@ -246,6 +246,14 @@ class ServeSettings(_Section):
 class SelectSettings(_Section):
     """The selection gate between the pairs topic and the labeler (`ramo select`)."""
 
+    enabled: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Whether `ramo up` runs the gate in front of the labeler (`ramo select`"
+        " always does). auto: on when the pairs waiting at start (on the pairs topic and in"
+        " --file) are more than the labeler labels in train.publish_every_s at its rate"
+        " (select.budget_per_s, or as measured by the last `ramo up`); off when that rate is"
+        " not known. --demo sets off.",
+    )
     strategy: Literal["d-opt", "uncertainty", "random", "all"] = Field(
         default="d-opt",
         description="Which pairs to label: d-opt (p(1-p) x^T M^-1 x, Fisher information of the"
@@ -267,8 +275,17 @@ class SelectSettings(_Section):
     budget: float = Field(
         default=10.0,
         ge=0,
-        description="Pairs per window sent to the labeler; set it to what the labeler"
-        " sustains (benchmarks/label_throughput.py measures it). Fractions carry over.",
+        description="Pairs per window sent to the labeler when no rate is known (no"
+        " select.budget_per_s, and no measured labeler: `ramo select` on its own, or `ramo up`"
+        " before the labeler's first batch). Fractions carry over.",
+    )
+    budget_per_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="The budget as labels per second, earned per second of the gate's running"
+        " time and shared among a poll's windows (a quiet spell earns at most 30 s). Unset:"
+        " in `ramo up`, the labeler's measured rate (pairs per second of labeling, last 20"
+        " batches); elsewhere select.budget per window.",
     )
     lam: float = Field(
         default=1.0, gt=0, description="lambda of M = sum p(1-p) x x^T + lambda I (its prior)."

@@ -132,6 +132,7 @@ class ServedModel:
         self.settings = settings
         self.registry = open_registry(settings, registry_root)
         self.version: int | None = None
+        self.identity: str | None = None  # what the features come from (a saved M names it)
         self.featurizer: Any = None
         self._checked = 0.0
 
@@ -165,5 +166,8 @@ class ServedModel:
         s = self.settings.select
         self.featurizer = Featurizer(model.to(device), tok, s.max_length, device, s.batch)
         self.version = version
+        self.identity = f"backbone {path}"
+        if manifest is not None:
+            self.identity = f"version {version} of {manifest.created_at.isoformat()}"
         log.info("select: features from %s", f"version {version}" if version else path)
         return True

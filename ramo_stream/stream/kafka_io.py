@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -182,28 +183,71 @@ def read_topic(
     return out
 
 
-def topic_sizes(consumer: Any, topics: list[str], polls: int = 10) -> dict[str, int]:
-    """Records on each topic (all partitions), read from fetch high watermarks by a
-    group-less ``consumer``, which this reassigns.
+class TopicCounts:
+    """Exact record counts of topics (all partitions), sampled every few seconds, that
+    never go down: what `ramo up`'s live view shows.
 
-    end_offsets() alone is not enough: tansu answers it with the base offset of the
-    last record batch. So each partition is read from there once, and the fetch
-    response's high watermark is the true end. ``polls`` x 100 ms bounds the wait.
+    A partition's end is the high watermark of a fetch response. ``end_offsets()`` cannot
+    give it: tansu 0.6 answers ListOffsets(latest) with the base offset of the last record
+    batch plus one, so a partition whose last batch holds 10 records reads 9 short. Each
+    sample fetches every partition from its last known end (a valid offset, so only records
+    added since are read) and takes the high watermark of the answer; ``end_offsets()``
+    only places a partition seen for the first time, as a lower bound (exact on Kafka).
+
+    Each sample uses a consumer of its own, closed at the end: a kept consumer has a fetch
+    in flight from its last poll, whose answer, read in the next sample, would carry the
+    high watermark of two seconds ago. A partition not heard from in time, or a sample the
+    broker did not answer, keeps its last known end (``ForwardCounts``), so the totals
+    never drop; ``complete`` says whether the last sample read every partition.
     """
-    tps = [TopicPartition(t, p) for t in topics
-           for p in sorted(consumer.partitions_for_topic(t) or [])]  # fmt: skip
-    # A fresh assignment forgets the last sample's high watermarks, so the loop
-    # below waits for this sample's own fetch instead of reading a stale one.
-    consumer.unsubscribe()
-    consumer.assign(tps)
-    ends = consumer.end_offsets(tps)
-    for tp, end in ends.items():
-        consumer.seek(tp, end)
-    for _ in range(polls):
-        consumer.poll(timeout_ms=100, max_records=1)
-        if all(consumer.highwater(tp) is not None for tp in tps):
-            break
-    sizes = dict.fromkeys(topics, 0)
-    for tp in tps:
-        sizes[tp.topic] += max(ends[tp], consumer.highwater(tp) or 0)
-    return sizes
+
+    def __init__(self, bootstrap: str, kafka: KafkaSettings, topics: list[str],
+                 client_id: str | None = None) -> None:  # fmt: skip
+        from ramo_stream.core.counts import ForwardCounts
+
+        self.bootstrap, self.kafka, self.topics = bootstrap, kafka, list(topics)
+        self.client_id = client_id or f"{kafka.client_id}-counts"
+        self.ends: ForwardCounts[TopicPartition] = ForwardCounts()
+        self.complete = False
+
+    def sample(self, wait_s: float = 1.0) -> dict[str, int]:
+        """Records on each topic; waits at most about ``wait_s`` for the broker's answers
+        (the answers usually come back within the consumer's fetch wait, 100 ms here)."""
+        deadline = time.monotonic() + wait_s
+        read: dict[TopicPartition, int] = {}
+        tps: list[TopicPartition] = []
+        consumer = None
+        try:
+            # A broker that is away fails the sample within wait_s (kafka-python's
+            # bootstrap would otherwise retry for 30 s and freeze the view meanwhile).
+            consumer = make_consumer(self.bootstrap, self.kafka, None, client_id=self.client_id,
+                                     fetch_max_wait_ms=100,
+                                     bootstrap_timeout_ms=max(100, int(wait_s * 1000)))  # fmt: skip
+            tps = [TopicPartition(t, p) for t in self.topics
+                   for p in sorted(consumer.partitions_for_topic(t) or [])]  # fmt: skip
+            consumer.assign(tps)
+            new = [tp for tp in tps if self.ends.get(tp) is None]
+            if new:  # exact on Kafka, a lower bound on tansu; either is a valid start
+                left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                self.ends.update(consumer.end_offsets(new, timeout_ms=left_ms))
+            for tp in tps:
+                consumer.seek(tp, self.ends.get(tp) or 0)
+            while len(read) < len(tps) and time.monotonic() < deadline:
+                left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                # No max_records: each parsed answer sets its partition's high watermark,
+                # and a small cap leaves the answers of other partitions unparsed.
+                consumer.poll(timeout_ms=min(left_ms, 200), max_records=1_000_000)
+                for tp in tps:
+                    high = consumer.highwater(tp)
+                    if high is not None:
+                        read[tp] = high
+        except KafkaError as e:  # the broker is away: the last known counts stand
+            log.debug("topic counts: %r", e)
+        finally:
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close()
+        self.ends.update(read)
+        listed = {tp.topic for tp in tps}
+        self.complete = listed == set(self.topics) and len(read) == len(tps)
+        return self.ends.totals_by(lambda tp: tp.topic, self.topics)

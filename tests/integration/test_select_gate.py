@@ -17,7 +17,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from ramo_stream.config import KafkaSettings, load_settings
-from ramo_stream.schemas import ResponsePair
+from ramo_stream.schemas import LabeledPair, ResponsePair
 from ramo_stream.stream.kafka_io import TopicWriter, make_producer
 from tests.helpers import read_all
 
@@ -198,3 +198,53 @@ def test_served_model_follows_current_and_features_match_its_rewards(
     assert torch.allclose(out.x @ w, (r_a - r_b).double(), atol=1e-4)
     assert torch.allclose(out.p, (r_a - r_b).double().sigmoid(), atol=1e-6)
     assert out.x.shape == (7, served.featurizer.dim)
+
+
+def test_ramo_up_wiring_gate_then_labeler_labels_only_selected_pairs(
+    broker: str, new_topic: Callable[..., str], minilm: Path, tmp_path: Path
+) -> None:
+    """The gate and the labeler bridge as `ramo up` starts, feeds and drains them (the real
+    labeler app is tested in test_serve_labeler.py; a stand-in here): N pairs in, selected +
+    skipped = N, the labeler labels the selected ones and no other, offsets committed."""
+    from ramo_stream.cli.up_gate import start_labeling, waiting_on_topic
+    from ramo_stream.cli.up_loop import Component, _label
+    from tests.integration.test_bridge_recovery import StandInLabeler
+
+    names = {k: new_topic(2) for k in ("pairs", "selected", "skipped", "labels")}
+    names["dlq"] = new_topic(1)
+    settings = load_settings(None, {
+        **overrides(broker, names, minilm, tmp_path), "topics.labels": names["labels"],
+        "select.window_pairs": 20, "select.budget_per_s": 1.0, "labeling.pair_batch": 4,
+    })  # fmt: skip
+    labeler = StandInLabeler()
+    labeling = start_labeling(settings, broker, labeler, gate_on=True)
+    assert labeling.gate is not None
+    gate, bridge = Component("gate"), Component("labeler")
+    started = time.monotonic()
+    gate.start(labeling.gate.run)
+    bridge.start(lambda ev, fin: _label(labeling.bridge, ev, fin))
+    time.sleep(3)  # the first poll earns >= 3 s of the budget: some pairs are selected
+    items = pairs(60)
+    produce(broker, names["pairs"], items)
+    for part in (gate, bridge):  # `ramo up`'s drain: in data-flow order
+        part.finish.set()
+        assert part.thread is not None
+        part.thread.join(300)
+        assert not part.running and part.error is None, part.error
+    wall = time.monotonic() - started
+
+    selected, skipped = decoded(broker, names["selected"]), decoded(broker, names["skipped"])
+    ids = Counter(p.pair_id for p in selected + skipped)
+    assert ids == Counter(p.pair_id for p in items)  # selected + skipped = N, each once
+    assert 1 <= len(selected) <= 1.0 * wall + 1  # the rate budget: 1 label/s of running time
+    labels = [LabeledPair.model_validate_json(v).pair_id for v in read_all(broker, names["labels"])]
+    assert sorted(labels) == sorted(p.pair_id for p in selected)  # only the selected, once
+    assert labeling.gate.stats.selected == len(selected) and labeling.pace.pairs == len(selected)
+    assert committed_total(broker, names["pairs"], settings.select.group) == 60
+    assert committed_total(broker, names["selected"], "ramo-labeler") == len(selected)
+    assert labeling.gate.gate.store is not None and labeling.gate.gate.store.path.is_file()
+    # What `ramo up`'s select.enabled=auto counts as waiting on a broker that outlives it:
+    # pairs neither the gate nor the labeler has committed.
+    assert waiting_on_topic(settings, broker) == 0
+    produce(broker, names["pairs"], pairs(67)[60:])
+    assert waiting_on_topic(settings, broker) == 7

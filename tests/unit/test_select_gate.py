@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,18 @@ def test_a_labeler_behind_the_gate_reads_the_selected_topic() -> None:
     behind = labeler_settings(settings)
     assert behind.topics.pairs == "sel" and settings.topics.pairs == "ramo.pairs"
     assert behind.topics.labels == settings.topics.labels
+
+
+def test_a_rate_budget_set_or_measured_replaces_the_per_window_budget() -> None:
+    w = FakeWriter()
+    g = gate(w, window_pairs=10, budget=3)
+    g.pace = lambda: 0.5  # the labeler as measured: 0.5 pairs/s
+    g.rate_budget._last = time.monotonic() - 10.0  # the gate started 10 s ago
+    g.handle(batch(20))
+    selected = [t for t, _ in w.sent].count("ramo.selected")
+    assert selected == 5  # 10 s x 0.5/s, not 3 + 3 per window
+    assert g.budget_text() == "0.50 labels/s (measured labeler rate)"
+    fixed = gate(FakeWriter(), window_pairs=10, budget=3, budget_per_s=2.0)
+    fixed.pace = lambda: 0.5
+    assert fixed.per_s() == 2.0  # a set rate wins over the measured one
+    assert gate(FakeWriter(), window_pairs=10, budget=3).budget_text() == "3 per 10 pairs"

@@ -41,6 +41,9 @@ def test_rate_is_growth_over_the_window() -> None:
     history = deque([snap(0.0, 10), snap(5.0, 20), snap(10.0, 40)])
     assert rate(history, lambda s: s.labels) == 3.0
     assert rate(deque([snap(0.0, 10)]), lambda s: s.labels) is None
+    # scored requests from a reward service whose counters restarted: no growth, not < 0
+    restarted = deque([Snapshot(0.0, 1, 1, 0, scored=50), Snapshot(4.0, 1, 1, 0, scored=8)])
+    assert rate(restarted, lambda s: s.scored) == 0.0
 
 
 def test_render_shows_counts_version_accuracy_and_lag() -> None:

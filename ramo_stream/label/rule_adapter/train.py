@@ -1,14 +1,16 @@
 """Training the Rule Adapter on pairs whose targets came from full-pool grading.
 
 The targets are the ``selected_rules`` of LabeledPairs labeled with the max-discrepancy
-selector (the whole pool graded, top-k by c_k kept). A deterministic 20% of pairs (by
-pair_id hash) is held out; the report gives top-k recall on it against two baselines:
+selector (the whole pool graded, top-k by c_k kept). A deterministic 20% of pairs (by a
+hash of the prompt, so every pair of one prompt falls on the same side) is held out; the
+report gives top-k recall on it against two baselines:
 k random rules (expected recall k/|P|) and the k rules most often in the training targets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -21,9 +23,17 @@ from ramo_stream.core.selection import aggregate, calibrated_scores, topk_recall
 from ramo_stream.label.rule_adapter.model import AdapterPredictor
 from ramo_stream.schemas import LabeledPair, ResponsePair
 
+SPLIT_SALT = "ramo-adapter-split-v1"
 
-def is_held_out(pair_id: str, fraction: float = 0.2) -> bool:
-    return int(hashlib.sha256(pair_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+def is_held_out(pair: ResponsePair, fraction: float = 0.2) -> bool:
+    """Split by prompt, never by row: two pairs of one prompt are on the same side."""
+    if isinstance(pair.prompt, str):
+        key = pair.prompt
+    else:
+        key = json.dumps([m.model_dump() for m in pair.prompt], sort_keys=True)
+    digest = hashlib.sha256(f"{SPLIT_SALT}:{key}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0xFFFFFFFF < fraction
 
 
 @dataclass
@@ -89,6 +99,7 @@ def train_adapter(
     seed: int = 0,
     train_encoder: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
+    held_out: Callable[[ResponsePair], bool] = is_held_out,
 ) -> AdapterReport:
     """Fit the head (and, with ``train_encoder``, the encoder) with BCE on multi-hot targets.
 
@@ -104,8 +115,8 @@ def train_adapter(
     unknown = {r for _, rules in examples for r in rules} - set(index)
     if unknown:
         raise ValueError(f"targets name rules not in the adapter's pool: {sorted(unknown)[:5]}")
-    train = [e for e in examples if not is_held_out(e[0].pair_id)]
-    held = [e for e in examples if is_held_out(e[0].pair_id)]
+    train = [e for e in examples if not held_out(e[0])]
+    held = [e for e in examples if held_out(e[0])]
     if not train or not held:
         raise ValueError(
             f"need pairs on both sides of the 80/20 split, got {len(train)} train /"
@@ -159,7 +170,7 @@ def train_adapter(
     held_targets = [r for _, r in held]
     predicted = [[r for r, _ in top] for top in adapter.predict(held_pairs, k)]
     frequent = [r for r, _ in Counter(r for _, rs in train for r in rs).most_common(k)]
-    held_labels = [lp for lp in labeled if lp.selected_rules and is_held_out(lp.pair_id)]
+    held_labels = [lp for lp in labeled if lp.selected_rules and held_out(lp.pair)]
     rng = random.Random(seed)
     graded = sorted({j.rule_id for j in held_labels[0].judgments} - {NULL_RULE_ID})
     picks = {
