@@ -164,8 +164,9 @@ def main() -> None:
     ap.add_argument("--out", default="grader_quality.md")
     ap.add_argument("--llm-path", type=Path, help="The fine-tuned LLM grader for tuned-llm")
     ap.add_argument("--graders", default="trained,zero-shot",
-                    help="Which to run: trained, zero-shot or both (comma-separated); the"
-                    " report shows every grader run so far with its command")  # fmt: skip
+                    help="Which to run: trained, zero-shot or both (comma-separated), or"
+                    " none (only rewrite the report); the report shows every grader run so"
+                    " far with its command")  # fmt: skip
     args = ap.parse_args()
     if not (DATA / "grader").is_dir():
         sys.exit(f"skipped: {DATA} lacks the human-labelled sets (see ../shared/data/README.md)")
@@ -253,11 +254,11 @@ def main() -> None:
     ]
     for title, rl, *_ in results:
         g = rl["gptfuzz"]
-        props = [rl[f"rbr:{p}"] for p in RBR_PROPOSITIONS]
-        mean = sum(m["accuracy"] for m in props) / len(props)
+        mapped = [rl[f"rbr:{p}"] for p in RBR_PROPOSITIONS]
+        mean = sum(m["accuracy"] for m in mapped) / len(mapped)
         lines.append(
             f"| {title} | {fmt_m(g)} | {g['f1_no']:.3f} | {g['ece_p_yes']:.3f} | "
-            + " | ".join(fmt_m(m) for m in props)
+            + " | ".join(fmt_m(m) for m in mapped)
             + f" | {mean:.3f} |"
         )
     lines += [
@@ -268,11 +269,15 @@ def main() -> None:
         "",
         f"## All rbr_gold/test propositions, graded by their own text ({props.name}, {props.hash})",
         "",
-        "Accuracy [Wilson 95%], balanced accuracy (always-No scores 0.5) and the majority"
-        " baseline (always the commoner answer). Many propositions are rare, so accuracy alone"
-        " flatters: read the balanced column.",
-        "",
     ]
+    if not any(rl.get("propositions") for _, rl, *_ in results):
+        lines += ["No grader of this report was run with the proposition table (it came with"
+                  " a later version of the benchmark); benchmarks/results/rbr_quality.md has"
+                  " every proposition for the grader it names.", ""]  # fmt: skip
+    else:
+        lines += ["Accuracy [Wilson 95%], balanced accuracy (always-No scores 0.5) and the"
+                  " majority baseline (always the commoner answer). Many propositions are"
+                  " rare, so accuracy alone flatters: read the balanced column.", ""]  # fmt: skip
     for title, rl, *_ in results:
         pr = rl.get("propositions")
         if not pr:

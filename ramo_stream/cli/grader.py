@@ -20,10 +20,13 @@ DEFAULT_DATA = _REPO.parent / "shared" / "data"
 # train_classifier.py), each 2 x PAIR_RULES sequences. Off by default: measured with 400 HH
 # and 300 LLMBar pairs, held-out HH agreement fell (0.62 -> 0.48, n=60) and LLMBar stayed
 # at 0.37 (README, "The trained grader"); `--rows hh_harmless=400 --rows llmbar=300`.
-# rbr_propositions: 23 per rbr_gold completion (8,073 in all), the propositions Rule-Based
-# Rewards grade; 3,000 of them draw about 8 per completion.
+# rbr_propositions: the 23 propositions Rule-Based Rewards grade, 23 per rbr_gold completion
+# (8,073 in all). Off by default: measured with 3,000 of them (grader_quality_props.md), the
+# grader learned them little beyond their base rates (mean balanced accuracy 0.557) and lost
+# pairwise agreement on refusal_direction (0.985 -> 0.894) and CoCoNot (0.889 -> 0.852);
+# `--rows rbr_propositions=3000` builds that grader.
 DEFAULT_ROWS = {"gptfuzz": 1500, "refusal_direction": 400, "coconot": 400, "rbr_gold": 400,
-                "rbr_propositions": 3000, "hh_harmless": 0, "llmbar": 0}  # fmt: skip
+                "rbr_propositions": 0, "hh_harmless": 0, "llmbar": 0}  # fmt: skip
 SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "label" / "grading" / "trained"
 
 
