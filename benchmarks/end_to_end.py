@@ -78,6 +78,29 @@ def sustained(labels: list[Any]) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
+def mixed_pairs(path: Path) -> Path:
+    """``--mix``: 200 pairs whose human labels the shipped grader can read, written to
+    ``path``: 66 refusal_direction, 70 CoCoNot and 64 HH harmless pairs, all from prompts
+    the grader's training held out (``sources.held_out``), shuffled with fixed seeds."""
+    import random
+
+    from ramo_stream.label.grading.sources import held_out, prompt_key, read_jsonl
+
+    data = HH.parent
+    parts = {"refusal_direction": ("grader/refusal_direction_benign_pairs.jsonl", 66),
+             "coconot": ("grader/coconot_pref.jsonl", 70),
+             "hh_harmless": ("hh_harmless_test.jsonl", 64)}  # fmt: skip
+    out = []
+    for src, (name, n) in parts.items():
+        rows = [r for r in read_jsonl(data / name) if held_out(src, prompt_key(r["prompt"]))]
+        random.Random(3).shuffle(rows)
+        out += [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+                 "subset": src} for r in rows[:n]]  # fmt: skip
+    random.Random(4).shuffle(out)
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return path
+
+
 def final_on_heldout(folder: Path, version: int, labels: list[Any]) -> dict[str, Any]:
     """The final version's rewards on the trainer's held-out pairs: (hits, ties, n) against
     the labeler's preferred side and against the human one (``metadata.gold``)."""
@@ -190,6 +213,9 @@ LOOP_SETTINGS = {
     "train.publish_every_steps": 2,
     "train.publish_every_s": 10.0,
     "train.heldout_every": 5,
+    # Every pair labeled, as this run has always measured: a labeler rate saved by an
+    # earlier `ramo up` would otherwise let select.enabled=auto gate the file.
+    "select.enabled": "off",
 }
 
 
@@ -208,6 +234,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pairs", type=int, default=40, help="Pairs from --data (default 40).")
     p.add_argument("--data", type=Path, default=HH, help="RewardBench-format JSONL.")
+    p.add_argument("--mix", action="store_true", help="Instead of --data: held-out pairs of"
+                   " refusal_direction, CoCoNot and HH harmless (mixed_pairs), where the"
+                   " shipped grader's labels carry signal.")  # fmt: skip
     p.add_argument("--selector", default="random", help="labeling.selector (default random).")
     p.add_argument("-k", type=int, default=3, help="Rules graded per pair (default 3).")
     p.add_argument("--reward-backbone", default="all-minilm-l6-v2",
@@ -216,6 +245,8 @@ def main() -> int:
     p.add_argument("--timeout-s", type=float, default=3600.0, help="Give up on the loop after.")
     p.add_argument("--no-save", action="store_true", help="Print only.")
     args = p.parse_args()
+    if args.mix and HH.is_file():
+        args.data = mixed_pairs(Path(tempfile.mkdtemp(prefix="ramo-e2e-mix-")) / "mix.jsonl")
     if not args.data.is_file():
         print(f"skipped: {args.data} is absent (the shared human-labelled data)", file=sys.stderr)
         return 0
