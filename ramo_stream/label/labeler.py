@@ -74,11 +74,11 @@ class Labeler:
         self.grader = grader
         self.pool = pool
         self.settings = settings
-        # Unset: the grader's own default (a grader from before that attribute: on).
+        # Unset: the grader's own default.
         self.calibrate: bool = (
             settings.calibrate
             if settings.calibrate is not None
-            else getattr(grader, "calibrate_by_default", True)
+            else grader.calibrate_by_default  # every Grader says (a wrapper must pass it on)
         )
         self.adapter = adapter
         self.rng = random.Random(settings.seed)

@@ -72,8 +72,10 @@ class GraderDeployment:
         self.grader = make_grader(args.settings())
         print(f"labeler: {describe(self.grader)}", flush=True)  # in the Serve replica's log
 
-    def info(self) -> dict[str, str]:
-        return {"name": self.grader.name, "template_version": self.grader.template_version}
+    def info(self) -> dict[str, Any]:
+        g = self.grader
+        return {"name": g.name, "template_version": g.template_version,
+                "calibrate_by_default": g.calibrate_by_default}  # fmt: skip
 
     def grade(self, requests: list[dict[str, Any]]) -> list[dict[str, float]]:
         return [asdict(a) for a in self.grader.grade([_request(d) for d in requests])]
@@ -102,6 +104,9 @@ class _RemoteGrader:
         self.handle = handle
         info = handle.info.remote().result()
         self.name, self.template_version = info["name"], info["template_version"]
+        # Without it the labeler would not know the grader's calibration default: the
+        # trained classifier must not be calibrated (it flips benign pairs to refusals).
+        self.calibrate_by_default: bool = bool(info["calibrate_by_default"])
 
     def grade(self, requests: Sequence[GradeRequest]) -> list[AnswerProbs]:
         out = self.handle.grade.remote([_request_dict(r) for r in requests]).result()

@@ -53,6 +53,7 @@ CALLS_PER_PAIR = 2 * (3 + 1)  # selector all, calibrated
 class MarkerGrader:
     name = "marker-grader"
     template_version = "marker-v1"
+    calibrate_by_default = True
 
     def __init__(self) -> None:
         self.calls: list[list[GradeRequest]] = []

@@ -123,6 +123,7 @@ class FakeGrader:
 
     name = "fake-grader-7b"
     template_version = "fake-template-v9"
+    calibrate_by_default = True  # as the LLM graders say of themselves
 
     def __init__(self, table: dict[tuple[str, str], AnswerProbs] | None = None) -> None:
         self.table = {**TABLE1, **TABLE2, **(table or {})}
