@@ -44,7 +44,10 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker.from_settings(settings, port=settings.broker.port)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Both set here, SIGINT too: a process started in the background by a non-interactive
+    # shell inherits SIGINT ignored, and Ctrl-C (or `kill -INT`) would then never stop it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     with broker:
         ensure_topics(broker.bootstrap, settings.topics)
         write_state(settings, broker)

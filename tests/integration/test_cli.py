@@ -120,9 +120,12 @@ def test_main_job_runs_on_embedded_defaults(tmp_path: Path) -> None:
 def test_broker_command_is_found_by_other_commands(tmp_path: Path) -> None:
     port = free_port()
     env = clean_env(tmp_path, RAMO_BROKER__PORT=str(port))
+    # Started with SIGINT ignored, as a non-interactive shell starts a background job: the
+    # SIGINT below must still stop it (the command installs its own handler).
     proc = subprocess.Popen(
         [sys.executable, "-m", "ramo_stream.cli", "broker"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         state = tmp_path / "cache" / "broker.json"
