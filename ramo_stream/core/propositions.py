@@ -25,8 +25,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ramo_stream.core.yaml_file import load_yaml_model
 
 # What the request calls for (the RBR gold set's response types, lower-cased).
 RESPONSE_TYPES: tuple[str, ...] = ("comply", "hard_refuse", "safe_refuse_1", "safe_refuse_2")
@@ -98,21 +99,6 @@ class PropositionPoolError(ValueError):
 
 
 def load_propositions(path: str | Path) -> PropositionPool:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise PropositionPoolError(
-            f"proposition pool {path} does not exist; set paths.propositions"
-        ) from e
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise PropositionPoolError(f"proposition pool {path} cannot be read: {e}") from e
-    if not isinstance(raw, dict):
-        raise PropositionPoolError(f"proposition pool {path} must be a mapping with 'propositions'")
-    try:
-        return PropositionPool.model_validate(raw)
-    except ValidationError as e:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
-        )
-        raise PropositionPoolError(f"proposition pool {path} is invalid: {msgs}") from e
+    what = "proposition pool"
+    return load_yaml_model(Path(path), PropositionPool, what, "paths.propositions",
+                           PropositionPoolError, "'propositions'")  # fmt: skip

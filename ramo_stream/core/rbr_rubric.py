@@ -27,10 +27,10 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ramo_stream.core.propositions import RESPONSE_TYPES, PropositionPool
+from ramo_stream.core.yaml_file import load_yaml_model
 
 Condition = dict[str, bool]
 
@@ -142,17 +142,5 @@ class RubricError(ValueError):
 
 
 def load_rubric(path: str | Path) -> Rubric:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise RubricError(f"RBR rubric {path} does not exist; set paths.rbr_rubric") from e
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RubricError(f"RBR rubric {path} cannot be read: {e}") from e
-    try:
-        return Rubric.model_validate(raw)
-    except ValidationError as e:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
-        )
-        raise RubricError(f"RBR rubric {path} is invalid: {msgs}") from e
+    return load_yaml_model(Path(path), Rubric, "RBR rubric", "paths.rbr_rubric", RubricError,
+                           "'name', 'classes' and 'response_types'")  # fmt: skip

@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ramo_stream.core.yaml_file import load_yaml_model
 
 CATEGORIES: tuple[str, ...] = (
     "violence_weapons",
@@ -110,24 +111,8 @@ class RulePoolError(ValueError):
 
 
 def load_pool(path: str | Path) -> RulePool:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise RulePoolError(f"rule pool {path} does not exist; set paths.rule_pool") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise RulePoolError(f"rule pool {path} cannot be read: {e}") from e
-    except yaml.YAMLError as e:
-        raise RulePoolError(f"rule pool {path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise RulePoolError(f"rule pool {path} must be a mapping with 'name' and 'rules'")
-    try:
-        return RulePool.model_validate(raw)
-    except ValidationError as e:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
-        )
-        raise RulePoolError(f"rule pool {path} is invalid: {msgs}") from e
+    return load_yaml_model(Path(path), RulePool, "rule pool", "paths.rule_pool", RulePoolError,
+                           "'name' and 'rules'")  # fmt: skip
 
 
 def load_pools(paths: list[str | Path]) -> dict[str, RulePool]:
