@@ -35,6 +35,7 @@ Results: benchmarks/results/end_to_end.md and .json (not with --no-save).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -244,6 +245,9 @@ def main() -> int:
     p.add_argument("--idle-s", type=float, default=30.0, help="ramo up --exit-when-idle.")
     p.add_argument("--timeout-s", type=float, default=3600.0, help="Give up on the loop after.")
     p.add_argument("--no-save", action="store_true", help="Print only.")
+    p.add_argument("--keep-dir", type=Path, metavar="DIR",
+                   help="Work in DIR and keep it (ramo up's log, the broker log, the registry)"
+                   " instead of a temporary folder removed at the end.")  # fmt: skip
     args = p.parse_args()
     if args.mix and HH.is_file():
         args.data = mixed_pairs(Path(tempfile.mkdtemp(prefix="ramo-e2e-mix-")) / "mix.jsonl")
@@ -260,8 +264,12 @@ def main() -> int:
         prepare(name, settings.paths.models_dir)  # once; ramo up would, ramo label would not
     common = ["--selector", args.selector, "-k", str(args.k),
               "--models-reward-backbone", args.reward_backbone]  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="ramo-e2e-") as d:
-        tmp = Path(d)
+    with contextlib.ExitStack() as stack:
+        if args.keep_dir is not None:
+            args.keep_dir.mkdir(parents=True, exist_ok=True)
+            tmp = args.keep_dir
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ramo-e2e-")))
         print(f"baseline: ramo label on {args.pairs} pairs ...", flush=True)
         alone = run_labeler_alone(args, common, tmp)
         print(f"  {alone['labeled']} pairs in {alone['seconds']:.1f} s", flush=True)
