@@ -331,6 +331,8 @@ class RewardIngress:
     @app.post("/v1/score", dependencies=_authorized)
     async def score(self, request: Request) -> JSONResponse:
         reply = await self.service.score(*await self._body(request, ScoreRequest))
+        if reply.rbr_version is not None:
+            self.http_metrics.rbr_requests.labels("/v1/score").inc()
         return JSONResponse(reply.model_dump(exclude_none=True))
 
     @app.post("/v1/compare", dependencies=_authorized)
@@ -341,6 +343,8 @@ class RewardIngress:
     @app.post("/get_reward", dependencies=_authorized)
     async def get_reward(self, request: Request) -> JSONResponse:
         reply = await self.service.get_reward(*await self._body(request, GetRewardRequest))
+        if "rbr" in reply.extra_logs:
+            self.http_metrics.rbr_requests.labels("/get_reward").inc()
         return JSONResponse(reply.model_dump())
 
     @app.get("/v1/models", dependencies=_authorized)

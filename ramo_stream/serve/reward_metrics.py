@@ -41,6 +41,12 @@ class HttpMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.rbr_requests = Counter(
+            "ramo_reward_rbr_requests",
+            "Answered scoring requests whose rewards include the Rule-Based Reward.",
+            ["endpoint"],
+            registry=self.registry,
+        )
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

@@ -86,8 +86,16 @@ class GetRewardRequest(_Body):
 
     query: list[Query] = Field(min_length=1, description="prompt + response, one per sample.")
     prompts: list[PromptText] | None = Field(default=None, description="The prompt of each query.")
-    labels: list[JsonValue] | None = Field(default=None, description="Ignored (for RFT).")
+    labels: list[JsonValue] | None = Field(
+        default=None,
+        description="Ignored, except with RBR on: then each names its sample's response type.",
+    )
     model_version: Version | None = VersionField
+    rbr: bool | None = Field(
+        default=None,
+        description="Add the Rule-Based Reward, the response types read from labels. Default:"
+        " the deployment's serve.rbr (OpenRLHF sends no flag, so 'default' turns it on).",
+    )
 
     @model_validator(mode="after")
     def _aligned(self) -> GetRewardRequest:
@@ -129,7 +137,9 @@ class CompareResponse(_Body):
 class GetRewardResponse(_Body):
     rewards: list[float]
     scores: list[float] = Field(description="The same as rewards (OpenRLHF reads either).")
-    extra_logs: dict[str, list[int]] = Field(description="{'model_version': [v, ...]}.")
+    extra_logs: dict[str, list[int] | list[float]] = Field(
+        description="{'model_version': [v, ...]}, and with RBR both parts: 'rm', 'rbr'."
+    )
     model_version: int
 
 

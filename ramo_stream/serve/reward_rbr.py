@@ -4,9 +4,9 @@
                   --handle--> RBRDeployment       (grader + weights: R_rbr, P(true) per
                                                    proposition)
 
-``RBRDeployment`` holds its own grader (``make_grader``, the one the labeler uses: the
-shipped trained classifier by default) and the fitted weights of an RBR artifact checked
-against the proposition pool, the rubric and that grader. It is deployed only when
+``RBRDeployment`` holds an ``RBRScorer`` (label/rbr/scorer.py: its own grader, the one the
+labeler uses, and the fitted weights of the RBR artifact that matches the proposition
+pool, the rubric and that grader). It is deployed only when
 ``serve.rbr`` is not ``off``, next to the reward model, and scales on its own. A request's
 items are graded together on every proposition in one ``Grader.grade`` call (the grader
 batches them); concurrent requests are not merged into one call.
@@ -40,50 +40,19 @@ def _prompt(p: Any) -> Any:
 @serve.deployment
 class RBRDeployment:
     def __init__(self, args: Any) -> None:
-        from ramo_stream.core.propositions import load_propositions
-        from ramo_stream.core.rbr_rubric import load_rubric
-        from ramo_stream.label.grading.factory import describe, make_grader
-        from ramo_stream.label.rbr.artifact import (
-            GraderRef,
-            RBRArtifactError,
-            load_artifact,
-            newest_artifact,
-        )
+        from ramo_stream.label.rbr.scorer import RBRScorer
 
-        settings = args.settings()
-        self.pool = load_propositions(settings.paths.propositions)
-        rubric = load_rubric(settings.paths.rbr_rubric)
-        self.grader = make_grader(settings)
-        ref = GraderRef(name=self.grader.name, template_version=self.grader.template_version)
-        path = settings.serve.rbr_artifact or newest_artifact(
-            settings.paths.cache_dir, self.pool.hash, rubric.hash, ref
-        )
-        if path is None:
-            raise RBRArtifactError(
-                f"no RBR weights fitted for propositions {self.pool.name} ({self.pool.hash}),"
-                f" rubric {rubric.name} ({rubric.hash}) and grader {ref.name} under"
-                f" {settings.paths.rbr_dir} or in the package; fit them with `ramo rbr fit`,"
-                " or set serve.rbr=off"
-            )
-        self.artifact = load_artifact(path, self.pool.hash, rubric.hash, ref)
-        print(f"reward service RBR: {self.artifact.version} with {describe(self.grader)}",
+        self.scorer = RBRScorer(args.settings())
+        print(f"reward service RBR: {self.scorer.version} with {self.scorer.grader_text}",
               flush=True)  # fmt: skip
 
     def info(self) -> dict[str, str]:
-        return {"version": self.artifact.version, "grader": self.grader.name}
+        return {"version": self.scorer.version, "grader": self.scorer.grader.name}
 
     def _score(self, items: list[TypedItem]) -> tuple[list[float], list[dict[str, float]], str]:
-        from ramo_stream.label.rbr.features import grade_propositions
-        from ramo_stream.label.rbr.fit import rbr_scores
-
-        pairs = [(_prompt(p), r) for p, r, _ in items]
-        feats = grade_propositions(self.grader, self.pool, pairs, chunk=max(1, len(pairs)))
-        values = [
-            rbr_scores(self.artifact.weights[t], self.pool, [f])[0]
-            for (_, _, t), f in zip(items, feats, strict=True)
-        ]
-        probs = [dict(zip(self.pool.ids, f, strict=True)) for f in feats]
-        return values, probs, self.artifact.version
+        typed = [(_prompt(p), r, t) for p, r, t in items]
+        values, probs = self.scorer.score(typed)
+        return values, probs, self.scorer.version
 
     async def score(
         self, items: list[TypedItem]

@@ -55,7 +55,7 @@ class TransformersGrader:
                 f"grader dtype {dtype!r} is not a torch dtype; use float32 or bfloat16"
             )
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval()  # type: ignore[arg-type]  # stubs want a model
         self.answer_ids = torch.tensor(answer_ids, device=self.device)
         context = getattr(self.model.config, "max_position_embeddings", None)
         self.max_prompt_tokens = max_prompt_tokens or context

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ramo_stream.core.propositions import RESPONSE_TYPES
 
-FORMAT = 1
+FORMAT: Literal[1] = 1
 REFIT = "ramo rbr fit"
 SHIPPED = Path(__file__).resolve().parent / "trained"
 
