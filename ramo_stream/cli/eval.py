@@ -11,6 +11,12 @@ mean of the section scores; and the accuracy over all examples.
 What is scored: registry versions (default: the current one; --version N, repeatable, or
 --all-versions), loaded here and scored exactly as the reward service scores them; or,
 with --url, a running reward service (`ramo serve`), every item pinned to one version.
+
+With --rbr the reward is rm + rbr, the Rule-Based Reward of the proposition grader and the
+fitted RBR weights (`ramo rbr fit`), chosen by each row's "response_type" (comply,
+hard_refuse, safe_refuse_1, safe_refuse_2; every row needs one). Locally it is computed
+here exactly as the reward service's RBR deployment computes it; with --url the service
+adds it (it must run with serve.rbr=opt_in or default).
 """
 
 from __future__ import annotations
@@ -63,15 +69,23 @@ def _bar(total: int, desc: str) -> Any:
 def _eval_registry(args: argparse.Namespace, settings: Settings, examples: list[Any]) -> list[Any]:
     import gc
 
-    from ramo_stream.eval.evaluate import load_local, score_local, summarize
+    from ramo_stream.eval.evaluate import add_rewards, load_local, rbr_local, score_local, summarize
 
     registry = _registry(settings)
+    versions = registry_versions(registry, args.version, args.all_versions)
+    rbr, suffix = None, ""
+    if args.rbr:  # the same for every version: graded once
+        with _bar(2 * len(examples), "RBR propositions") as bar:
+            rbr, rbr_version = rbr_local(examples, settings, bar.update)
+        suffix = f"+{rbr_version}"
     results = []
-    for version in registry_versions(registry, args.version, args.all_versions):
+    for version in versions:
         loaded = load_local(registry.local_dir(version, registry.cache_dir), version, settings)
         with _bar(2 * len(examples), f"v{version}") as bar:
             rewards = score_local(loaded, examples, settings, bar.update)
-        results.append(summarize(f"v{version}", version, registry.root, examples, rewards))
+        if rbr is not None:
+            rewards = add_rewards(rewards, rbr)
+        results.append(summarize(f"v{version}{suffix}", version, registry.root, examples, rewards))
         del loaded
         gc.collect()  # drop this version's weights before loading the next
     return results
@@ -108,8 +122,10 @@ def _eval_service(args: argparse.Namespace, settings: Settings, examples: list[A
     for version in versions:
         sizer = RequestSizer(budget_s=args.request_seconds, max_items=max_items)
         with _bar(2 * len(examples), f"v{version} @ {url}") as bar:
-            rewards = score_remote(client_for, examples, version, bar.update, sizer)
-        results.append(summarize(f"v{version}", version, url, examples, rewards))
+            rewards = score_remote(client_for, examples, version, bar.update, sizer,
+                                   rbr=args.rbr)  # fmt: skip
+        label = f"v{version}+rbr" if args.rbr else f"v{version}"
+        results.append(summarize(label, version, url, examples, rewards))
     return results
 
 
@@ -156,11 +172,21 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     if not examples:
         print(f"error: {args.data} holds no examples (every line is blank)", file=sys.stderr)
         return 2
+    untyped = [e.line for e in examples if e.response_type is None]
+    if args.rbr and untyped:
+        print(f"error: --rbr needs a response_type in every row (comply, hard_refuse,"
+              f" safe_refuse_1 or safe_refuse_2: it picks the RBR weights); lines"
+              f" {', '.join(map(str, untyped[:10]))}{' ...' if len(untyped) > 10 else ''}"
+              f" ({len(untyped)} of {len(examples)}) have none", file=sys.stderr)  # fmt: skip
+        return 2
 
     from ramo_stream.eval.evaluate import RemoteEvalError
+    from ramo_stream.label.rbr.artifact import RBRArtifactError
     from ramo_stream.registry.store import RegistryError
 
-    failures: tuple[type[BaseException], ...] = (EvalError, RegistryError, RemoteEvalError)
+    failures: tuple[type[BaseException], ...] = (
+        EvalError, RegistryError, RemoteEvalError, RBRArtifactError,
+    )  # fmt: skip
     try:
         from ramo_stream.client import RewardServiceError
 
@@ -213,6 +239,9 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    " follows the rate the service showed on the first replies (a CPU service"
                    " gets a few items per request, a GPU one up to serve.max_items), and its"
                    " timeout is 4x its expected time (default 10).")  # fmt: skip
+    p.add_argument("--rbr", action="store_true",
+                   help="Score rm + rbr: add the Rule-Based Reward (proposition grader and"
+                   " fitted weights), picked by each row's response_type (see above).")  # fmt: skip
     p.add_argument("--limit", type=int, metavar="N", help="Score only the first N examples.")
     p.add_argument("--out", type=Path, metavar="PREFIX",
                    help="Also write PREFIX.json (per-example rewards too) and PREFIX.md; with "

@@ -23,6 +23,7 @@ class Snapshot:
     labels: int
     dead_letters: int
     scored: int  # scoring requests answered by the reward service
+    scored_rbr: int = 0  # of them, with the Rule-Based Reward added
     version: int | None = None
     version_created: datetime | None = None
     trained: int = 0  # pairs the served version was trained on
@@ -36,19 +37,29 @@ class Snapshot:
 SCORING_ENDPOINTS = ("/v1/score", "/v1/compare", "/get_reward")
 
 
-def scored_requests(metrics_text: str) -> int:
-    """Answered scoring requests in a Prometheus scrape of the reward service."""
+def scored_requests(metrics_text: str, family_name: str = "ramo_reward_requests") -> int:
+    """Answered scoring requests in a Prometheus scrape of the reward service (those with
+    the Rule-Based Reward: ``family_name="ramo_reward_rbr_requests"``)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     total = 0.0
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != "ramo_reward_requests":
+        if family.name != family_name:
             continue
         for sample in family.samples:
             endpoint = sample.labels.get("endpoint")
             if sample.name.endswith("_total") and endpoint in SCORING_ENDPOINTS:
                 total += sample.value
     return int(total)
+
+
+def rbr_words(mode: str, rbr_rate: float | None) -> str:
+    """The reward service's Rule-Based Reward in the view: its serve.rbr mode, and the
+    rate of requests that got it."""
+    if mode == "off":
+        return "RBR off"
+    asked = "every request" if mode == "default" else "on request"
+    return f"RBR {asked}, {'-' if rbr_rate is None else f'{rbr_rate:.2f}/s'}"
 
 
 def rate(history: deque[Snapshot], count: Callable[[Snapshot], int]) -> float | None:
@@ -61,11 +72,18 @@ def rate(history: deque[Snapshot], count: Callable[[Snapshot], int]) -> float | 
 
 
 def render(
-    snap: Snapshot, history: deque[Snapshot], selector: str, url: str, budget: str | None = None
+    snap: Snapshot,
+    history: deque[Snapshot],
+    selector: str,
+    url: str,
+    budget: str | None = None,
+    rbr_mode: str = "off",
 ) -> list[str]:
-    """The live view's lines for one snapshot; ``budget``: the gate's, when it runs."""
+    """The live view's lines for one snapshot; ``budget``: the gate's, when it runs;
+    ``rbr_mode``: the reward service's serve.rbr."""
     label_rate = rate(history, lambda s: s.labels)
     score_rate = rate(history, lambda s: s.scored)
+    rbr = rbr_words(rbr_mode, rate(history, lambda s: s.scored_rbr))
 
     def per_s(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}/s"
@@ -83,7 +101,7 @@ def render(
         f"pairs ingested {snap.pairs:>6}   labeled {snap.labels:>6}   dead letters "
         f"{snap.dead_letters:>4}   trained {snap.trained:>6}",
         f"labeling {per_s(label_rate)} (selector {selector})   scoring {per_s(score_rate)}"
-        f" at {url}",
+        f" at {url} ({rbr})",
     ]
     if snap.selected is not None:
         lines.append(f"select   selected {snap.selected:>6}   skipped {snap.skipped or 0:>6}"
@@ -146,7 +164,8 @@ class LiveView:
         # and no commits, and carries the kafka.* security settings as every client does.
         self.counts = TopicCounts(bootstrap, settings.kafka, [t.pairs, t.labels, t.dlq, *gated],
                                   client_id=f"{settings.kafka.client_id}-up-view")  # fmt: skip
-        self._scored_max = 0  # a scrape that fails or lands on a fresh process reads less
+        # A scrape that fails or lands on a fresh process reads less: keep the highest.
+        self._scored_max = self._scored_rbr_max = 0
         self.history: deque[Snapshot] = deque(maxlen=10)
         self.tty = out.isatty()
         self.log = ChangeLog(out, heartbeat_s)
@@ -154,33 +173,37 @@ class LiveView:
         token = settings.serve.api_token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _scored(self) -> int:
-        """Scoring requests answered so far; a failed scrape, or a counter that restarted
-        with its process, keeps the last known number (the count never goes down)."""
+    def _scored(self) -> tuple[int, int]:
+        """Scoring requests answered so far, and those with RBR; a failed scrape, or a
+        counter that restarted with its process, keeps the last known numbers (the counts
+        never go down)."""
         import httpx
 
         try:
             reply = httpx.get(f"{self.url}/metrics", headers=self._headers, timeout=2.0)
             if reply.status_code == 200:
                 self._scored_max = max(self._scored_max, scored_requests(reply.text))
+                rbr = scored_requests(reply.text, "ramo_reward_rbr_requests")
+                self._scored_rbr_max = max(self._scored_rbr_max, rbr)
         except httpx.HTTPError:
             pass
-        return self._scored_max
+        return self._scored_max, self._scored_rbr_max
 
     def sample(self, wait_s: float = 1.0) -> Snapshot:
         """One snapshot; ``wait_s`` bounds the wait for the broker's answers (a partition
         not heard from in time keeps its last known count)."""
         t = self.settings.topics
         sizes = self.counts.sample(wait_s)
+        scored, scored_rbr = self._scored()
         snap = Snapshot(time.monotonic(), sizes[t.pairs], sizes[t.labels], sizes[t.dlq],
-                        self._scored())  # fmt: skip
+                        scored, scored_rbr)  # fmt: skip
         manifest = self.registry.current()
         if manifest is not None:
             read = sum(manifest.offsets.get(t.labels, {}).values())
-            snap = Snapshot(
-                snap.at, snap.pairs, snap.labels, snap.dead_letters, snap.scored,
-                manifest.version, manifest.created_at, manifest.samples_seen, read,
-                manifest.heldout_accuracy, manifest.heldout_size,
+            snap = dataclasses.replace(
+                snap, version=manifest.version, version_created=manifest.created_at,
+                trained=manifest.samples_seen, labels_read=read,
+                heldout_accuracy=manifest.heldout_accuracy, heldout_size=manifest.heldout_size,
             )  # fmt: skip
         if self.gate_budget is not None:
             snap = dataclasses.replace(snap, selected=sizes[t.selected], skipped=sizes[t.skipped])
@@ -190,7 +213,7 @@ class LiveView:
     def draw(self, selector: str, status: str = "") -> Snapshot:
         snap = self.sample()
         budget = self.gate_budget() if self.gate_budget is not None else None
-        lines = render(snap, self.history, selector, self.url, budget)
+        lines = render(snap, self.history, selector, self.url, budget, self.settings.serve.rbr)
         if status:
             lines.append(status)
         if self.tty:  # redraw in place

@@ -65,6 +65,29 @@ class _ServiceBound:
         return {**self.__dict__, "_client": None}
 
 
+RESPONSE_TYPE_KEY = "response_type"
+
+
+def rbr_types(
+    rbr: bool | None, values: Sequence[Any] | None, n: int, where: str
+) -> list[str | None] | None:
+    """The response types to send with ``n`` items: ``values`` (one per item) when given;
+    None when absent and RBR is not asked for (the service's default decides). Asked for
+    (``rbr=True``) without them is a ValueError that says where they come from."""
+    if values is None:
+        if rbr:
+            raise ValueError(
+                f"rbr=True needs each sample's response type (comply, hard_refuse,"
+                f" safe_refuse_1, safe_refuse_2), read from {where}; add it to the data,"
+                " or pass rbr=False"
+            )
+        return None
+    types = [None if v is None else str(v) for v in values]
+    if len(types) != n:
+        raise ValueError(f"{len(types)} response types ({where}) for {n} completions")
+    return types
+
+
 def completion_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
     """A TRL completion as text: the string, or the content of its assistant messages."""
     if isinstance(completion, str):
@@ -79,7 +102,10 @@ class TrlRewardFunction(_ServiceBound):
     Prompts and completions may be strings (standard data) or chat messages (conversational
     data: the prompt's messages go to the service as the conversation, the completion's
     assistant content as the response). All completions of a call go in one ``score`` call.
-    Extra dataset columns in ``kwargs`` are ignored.
+    Extra dataset columns in ``kwargs`` are ignored, except the ``response_type`` column
+    (``response_type_key``), which goes with each item for the Rule-Based Reward.
+    ``rbr``: True adds the Rule-Based Reward, False leaves it out, None takes the service's
+    default (``serve.rbr``).
     """
 
     def __init__(
@@ -87,11 +113,15 @@ class TrlRewardFunction(_ServiceBound):
         client_or_url: ClientOrUrl,
         name: str = "ramo_reward",
         model_version: int | None = None,
+        rbr: bool | None = None,
+        response_type_key: str = RESPONSE_TYPE_KEY,
         **client_kwargs: Any,
     ) -> None:
         super().__init__(client_or_url, client_kwargs)
         self.__name__ = name
         self.model_version = model_version
+        self.rbr = rbr
+        self.response_type_key = response_type_key
 
     def __call__(
         self, prompts: Sequence[PromptLike], completions: Sequence[Any], **kwargs: Any
@@ -99,7 +129,11 @@ class TrlRewardFunction(_ServiceBound):
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
         items = [(p, completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
-        return self.client.score(items, model_version=self.model_version).rewards
+        types = rbr_types(self.rbr, kwargs.get(self.response_type_key), len(items),
+                          f"the dataset column {self.response_type_key!r}")  # fmt: skip
+        return self.client.score(
+            items, model_version=self.model_version, response_types=types, rbr=self.rbr
+        ).rewards
 
 
 def make_trl_reward_fn(
@@ -107,6 +141,8 @@ def make_trl_reward_fn(
     *,
     name: str = "ramo_reward",
     model_version: int | None = None,
+    rbr: bool | None = None,
+    response_type_key: str = RESPONSE_TYPE_KEY,
     **client_kwargs: Any,
 ) -> TrlRewardFunction:
     """A reward function for ``GRPOTrainer(reward_funcs=[...])``.
@@ -114,8 +150,12 @@ def make_trl_reward_fn(
     ``client_or_url``: a RewardClient, or the service's URL (then ``client_kwargs`` are
     RewardClient's options: api_token, timeout_s, retries, batch_size, ...). ``name``: the
     reward's name in TRL's logs. ``model_version``: pin a loaded version (default: current).
+    ``rbr``: add the Rule-Based Reward (True), leave it out (False), or the service's default
+    (None); its response types come from the dataset column ``response_type_key``.
     """
-    return TrlRewardFunction(client_or_url, name, model_version, **client_kwargs)
+    return TrlRewardFunction(
+        client_or_url, name, model_version, rbr, response_type_key, **client_kwargs
+    )
 
 
 _PROMPT_KEYS = ("prompt", "question")
@@ -145,7 +185,8 @@ class VerlComputeScore(_ServiceBound):
     as the response, with ``extra_info["prompt"]`` (a string or chat messages; else
     ``extra_info["question"]``, which veRL's example preprocessors store) as the prompt when
     present, else ``default_prompt``; with neither, it raises and says so. ``data_source`` and
-    ``ground_truth`` are not used: the reward model judges the response alone.
+    ``ground_truth`` are not used: the reward model judges the response alone. ``rbr`` as in
+    ``TrlRewardFunction``; the response type comes from ``extra_info["response_type"]``.
     """
 
     def __init__(
@@ -153,11 +194,13 @@ class VerlComputeScore(_ServiceBound):
         client_or_url: ClientOrUrl,
         model_version: int | None = None,
         default_prompt: str = "",
+        rbr: bool | None = None,
         **client_kwargs: Any,
     ) -> None:
         super().__init__(client_or_url, client_kwargs)
         self.model_version = model_version
         self.default_prompt = default_prompt
+        self.rbr = rbr
 
     def __call__(
         self,
@@ -183,7 +226,12 @@ class VerlComputeScore(_ServiceBound):
             raise ValueError(f"{len(infos)} extra_infos for {len(solution_strs)} solution_strs")
         prompts = [_verl_prompt(info, self.default_prompt) for info in infos]
         items = list(zip(prompts, solution_strs, strict=True))
-        return self.client.score(items, model_version=self.model_version).rewards
+        found = [i.get(RESPONSE_TYPE_KEY) if isinstance(i, Mapping) else None for i in infos]
+        types = rbr_types(self.rbr, found if any(t is not None for t in found) else None,
+                          len(items), "extra_info['response_type']")  # fmt: skip
+        return self.client.score(
+            items, model_version=self.model_version, response_types=types, rbr=self.rbr
+        ).rewards
 
 
 def make_verl_compute_score(
@@ -191,6 +239,7 @@ def make_verl_compute_score(
     *,
     model_version: int | None = None,
     default_prompt: str = "",
+    rbr: bool | None = None,
     **client_kwargs: Any,
 ) -> VerlComputeScore:
     """veRL's custom reward function. In a file, say ``ramo_reward.py``::
@@ -202,9 +251,11 @@ def make_verl_compute_score(
     veRL's default (naive) reward manager calls it once per sample, so one HTTP request per
     sample; ``make_verl_batch_compute_score`` with ``reward_model.reward_manager=batch`` sends
     the whole batch at once. ``default_prompt``: the prompt of samples whose extra_info holds
-    none (see ``VerlComputeScore``).
+    none (see ``VerlComputeScore``). ``rbr``: add the Rule-Based Reward (True), leave it out
+    (False) or the service's default (None); put each sample's response type in
+    ``extra_info["response_type"]``.
     """
-    return VerlComputeScore(client_or_url, model_version, default_prompt, **client_kwargs)
+    return VerlComputeScore(client_or_url, model_version, default_prompt, rbr, **client_kwargs)
 
 
 def make_verl_batch_compute_score(client_or_url: ClientOrUrl = DEFAULT_URL, **kwargs: Any) -> Any:

@@ -86,10 +86,13 @@ class AsyncRewardClient:
         responses: Sequence[str] | None = None,
         *,
         model_version: int | None = None,
+        response_types: Sequence[str | None] | None = None,
+        rbr: bool | None = None,
+        explain: bool = False,
     ) -> ScoreResult:
         """See ``RewardClient.score``; the chunks go out concurrently."""
-        items = score_items(items_or_prompts, responses)
-        calls = score_calls(items, self.options.batch_size, model_version)
+        items = score_items(items_or_prompts, responses, response_types)
+        calls = score_calls(items, self.options.batch_size, model_version, rbr, explain)
         parts = await self._batched("/v1/score", calls, ScoreReply)
         return assemble_scores(len(items), parts, self.base_url + "/v1/score")
 
@@ -106,9 +109,11 @@ class AsyncRewardClient:
         queries: Sequence[str],
         prompts: Sequence[str] | None = None,
         labels: Sequence[Any] | None = None,
+        *,
+        rbr: bool | None = None,
     ) -> RemoteRewardResult:
         """OpenRLHF's remote reward-model call: ``queries`` are prompt + response texts."""
-        calls = get_reward_calls(queries, prompts, labels, self.options.batch_size)
+        calls = get_reward_calls(queries, prompts, labels, self.options.batch_size, rbr)
         parts = await self._batched("/get_reward", calls, GetRewardReply)
         return assemble_get_reward(len(queries), parts, self.base_url + "/get_reward")
 

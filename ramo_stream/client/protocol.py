@@ -67,14 +67,36 @@ def prompt_json(prompt: PromptLike) -> str | list[dict[str, str]]:
 
 
 def score_items(
-    items_or_prompts: Sequence[Any] | str, responses: Sequence[str] | None = None
+    items_or_prompts: Sequence[Any] | str,
+    responses: Sequence[str] | None = None,
+    response_types: Sequence[str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The ``items`` of a /v1/score request from the caller's input.
 
-    Either ``items``: ``{"prompt", "response"}`` mappings or ``(prompt, response)`` pairs; or
-    ``prompts, responses``: two lists of the same length, or one string prompt for all the
-    responses. A prompt is a string or a list of chat messages.
+    Either ``items``: ``{"prompt", "response"}`` mappings (with an optional
+    ``"response_type"``) or ``(prompt, response)`` pairs; or ``prompts, responses``: two
+    lists of the same length, or one string prompt for all the responses. A prompt is a
+    string or a list of chat messages. ``response_types``: one per item (None: none), what
+    the Rule-Based Reward needs to pick its weights.
     """
+    items = _plain_items(items_or_prompts, responses)
+    if response_types is not None:
+        if isinstance(response_types, str):
+            raise TypeError("response_types must be a list, one per item, not one string")
+        if len(response_types) != len(items):
+            raise ValueError(
+                f"{len(response_types)} response_types for {len(items)} items; pass one per"
+                " item (None where an item has none)"
+            )
+        for item, rt in zip(items, response_types, strict=True):
+            if rt is not None:
+                item["response_type"] = rt
+    return items
+
+
+def _plain_items(
+    items_or_prompts: Sequence[Any] | str, responses: Sequence[str] | None
+) -> list[dict[str, Any]]:
     if responses is not None:
         if isinstance(responses, str):
             raise TypeError("responses must be a list of strings, not one string")
@@ -98,6 +120,8 @@ def score_items(
     for i, item in enumerate(items_or_prompts):
         if isinstance(item, Mapping) and "prompt" in item and "response" in item:
             out.append({"prompt": prompt_json(item["prompt"]), "response": item["response"]})
+            if item.get("response_type") is not None:
+                out[-1]["response_type"] = item["response_type"]
         elif isinstance(item, tuple) and len(item) == 2:
             out.append({"prompt": prompt_json(item[0]), "response": item[1]})
         else:
@@ -127,8 +151,22 @@ class _Reply(BaseModel):
     model_version: int
 
 
+class ItemParts(BaseModel):
+    """One item's reward in parts (``explain=True``): the reward model's ``rm``; with RBR,
+    ``rbr``, the response type and every proposition's P(true)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    rm: float
+    rbr: float | None = None
+    response_type: str | None = None
+    propositions: dict[str, float] | None = None
+
+
 class ScoreReply(_Reply):
     rewards: list[float]
+    rbr_version: str | None = None
+    explain: list[ItemParts] | None = None
 
 
 class CompareResult(_Reply):
@@ -199,11 +237,16 @@ class ScoreResult:
     ``model_version`` is then the newest of them (versions only move forward), and
     ``mixed_versions`` is True. Pin ``model_version=`` in the call to have one version score all.
     ``model_version`` is None only for an empty input.
+
+    With the Rule-Based Reward added, each reward is rm + rbr and ``rbr_version`` names the
+    RBR weights (None: not added); ``explain`` (when asked for) holds each item's parts.
     """
 
     rewards: list[float]
     model_versions: list[int]
     model_version: int | None
+    rbr_version: str | None = None
+    explain: list[ItemParts] | None = None
 
     @property
     def mixed_versions(self) -> bool:
@@ -226,11 +269,32 @@ def assemble_scores(n: int, parts: Sequence[tuple[int, int, ScoreReply]], url: s
     """One ScoreResult from the replies to chunks [start, end) that cover ``n`` items."""
     rewards: list[float] = []
     versions: list[int] = []
-    for start, end, reply in sorted(parts, key=lambda p: p[0]):
+    explain: list[ItemParts] = []
+    rbr_versions: set[str] = set()
+    ordered = sorted(parts, key=lambda p: p[0])
+    for start, end, reply in ordered:
         _check_count(len(reply.rewards), start, end, url)
         rewards.extend(reply.rewards)
         versions.extend([reply.model_version] * (end - start))
-    return ScoreResult(rewards, versions, max(versions, default=None))
+        if reply.explain is not None:
+            _check_count(len(reply.explain), start, end, url)
+            explain.extend(reply.explain)
+        if reply.rbr_version is not None:
+            rbr_versions.add(reply.rbr_version)
+    if len(rbr_versions) > 1:  # one deployment's weights do not change while it runs
+        raise RewardServiceError(
+            f"{url} answered with several RBR versions {sorted(rbr_versions)} in one call; a"
+            " rolling update of the RBR weights? Score the call again",
+            url=url,
+            status=200,
+        )
+    return ScoreResult(
+        rewards,
+        versions,
+        max(versions, default=None),
+        rbr_version=next(iter(rbr_versions), None),
+        explain=explain if ordered and all(r.explain is not None for _, _, r in ordered) else None,
+    )
 
 
 def assemble_get_reward(
@@ -252,7 +316,9 @@ def assemble_get_reward(
             logs[key] = [x for v in lists for x in v]
         else:
             logs[key] = [v for _, v in values]
-    return RemoteRewardResult(base.rewards, base.model_versions, base.model_version, scores, logs)
+    return RemoteRewardResult(
+        base.rewards, base.model_versions, base.model_version, scores=scores, extra_logs=logs
+    )
 
 
 def _check_count(got: int, start: int, end: int, url: str) -> None:
@@ -348,11 +414,22 @@ class Call:
 
 
 def score_calls(
-    items: list[dict[str, Any]], batch_size: int, model_version: int | None
+    items: list[dict[str, Any]],
+    batch_size: int,
+    model_version: int | None,
+    rbr: bool | None = None,
+    explain: bool = False,
 ) -> list[Call]:
+    """The /v1/score requests of a call. ``rbr``: None leaves it to the deployment's
+    default (the field is not sent, so an older service takes the request too)."""
     n = len(items)
+    extra: dict[str, Any] = {}
+    if rbr is not None:
+        extra["rbr"] = rbr
+    if explain:
+        extra["explain"] = True
     return [
-        Call(s, e, n, {"items": items[s:e], "model_version": model_version})
+        Call(s, e, n, {"items": items[s:e], "model_version": model_version, **extra})
         for s, e in spans(n, batch_size)
     ]
 
@@ -362,6 +439,7 @@ def get_reward_calls(
     prompts: Sequence[str] | None,
     labels: Sequence[Any] | None,
     batch_size: int,
+    rbr: bool | None = None,
 ) -> list[Call]:
     if isinstance(queries, str):
         raise TypeError("queries must be a list of strings (prompt + response texts)")
@@ -374,6 +452,7 @@ def get_reward_calls(
             "query": list(queries[s:e]),
             "prompts": None if prompts is None else list(prompts[s:e]),
             "labels": None if labels is None else list(labels[s:e]),
+            **({} if rbr is None else {"rbr": rbr}),
         })
         for s, e in spans(n, batch_size)
     ]  # fmt: skip

@@ -91,12 +91,21 @@ class RewardClient:
         responses: Sequence[str] | None = None,
         *,
         model_version: int | None = None,
+        response_types: Sequence[str | None] | None = None,
+        rbr: bool | None = None,
+        explain: bool = False,
     ) -> ScoreResult:
         """Rewards of ``items`` (``{"prompt", "response"}`` or ``(prompt, response)``), or of
         ``prompts, responses`` (one string prompt may stand for all). ``model_version`` pins a
-        version the service still has loaded (409 otherwise); None: the current one."""
-        items = score_items(items_or_prompts, responses)
-        calls = score_calls(items, self.options.batch_size, model_version)
+        version the service still has loaded (409 otherwise); None: the current one.
+
+        ``rbr=True`` adds the Rule-Based Reward (reward = rm + rbr; the service must run with
+        serve.rbr=opt_in or default), ``False`` leaves it out, None takes the service's
+        default. RBR needs each item's response type (comply, hard_refuse, safe_refuse_1,
+        safe_refuse_2): ``response_types``, or a ``"response_type"`` key in each item.
+        ``explain=True`` also returns each item's parts (``ScoreResult.explain``)."""
+        items = score_items(items_or_prompts, responses, response_types)
+        calls = score_calls(items, self.options.batch_size, model_version, rbr, explain)
         parts = self._batched("/v1/score", calls, ScoreReply)
         return assemble_scores(len(items), parts, self.base_url + "/v1/score")
 
@@ -112,9 +121,13 @@ class RewardClient:
         queries: Sequence[str],
         prompts: Sequence[str] | None = None,
         labels: Sequence[Any] | None = None,
+        *,
+        rbr: bool | None = None,
     ) -> RemoteRewardResult:
-        """OpenRLHF's remote reward-model call: ``queries`` are prompt + response texts."""
-        calls = get_reward_calls(queries, prompts, labels, self.options.batch_size)
+        """OpenRLHF's remote reward-model call: ``queries`` are prompt + response texts.
+        With RBR on (``rbr=True``, or the service's default), ``labels`` name each sample's
+        response type."""
+        calls = get_reward_calls(queries, prompts, labels, self.options.batch_size, rbr)
         parts = self._batched("/get_reward", calls, GetRewardReply)
         return assemble_get_reward(len(queries), parts, self.base_url + "/get_reward")
 

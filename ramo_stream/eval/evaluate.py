@@ -1,8 +1,9 @@
 """RewardBench-style evaluation: accuracy per subset, per section and overall.
 
-A row is ``{"prompt", "chosen", "rejected", "subset", "id"?}`` (the prompt a string or chat
-messages). It is correct when ``reward(chosen) > reward(rejected)``, strictly: a tie counts
-as wrong, as in RewardBench.
+A row is ``{"prompt", "chosen", "rejected", "subset", "id"?, "response_type"?}`` (the
+prompt a string or chat messages; ``response_type`` picks the Rule-Based Reward's weights
+when it is added, ``--rbr``). It is correct when ``reward(chosen) > reward(rejected)``,
+strictly: a tie counts as wrong, as in RewardBench.
 
 With ``n(s)`` the rows of subset ``s`` and ``c(s)`` the correct ones::
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ramo_stream.core.pacing import RequestSizer
+from ramo_stream.core.propositions import RESPONSE_TYPES, response_type_id
 from ramo_stream.eval.score_rows import load_object, read_parsed, row_from
 
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -82,6 +84,7 @@ class Example:
     rejected: str
     subset: str
     id: str | None = None
+    response_type: str | None = None  # comply, hard_refuse, ...: needed only with RBR
 
 
 def parse_example(line: int, raw: str) -> Example | str:
@@ -104,7 +107,15 @@ def parse_example(line: int, raw: str) -> Example | str:
         return row
     chosen, rejected = row.responses
     rid = d.get("id")
-    return Example(line, row.prompt, chosen, rejected, subset, None if rid is None else str(rid))
+    rtype = d.get("response_type")
+    if rtype is not None:
+        try:
+            rtype = response_type_id(rtype if isinstance(rtype, str) else "")
+        except ValueError:
+            return (f"line {line}: response_type {rtype!r:.60} is not one of"
+                    f" {', '.join(RESPONSE_TYPES)}")  # fmt: skip
+    return Example(line, row.prompt, chosen, rejected, subset,
+                   None if rid is None else str(rid), rtype)  # fmt: skip
 
 
 def read_examples(path: Path, limit: int | None = None) -> tuple[list[Example], list[str]]:
@@ -330,6 +341,7 @@ def score_remote(
     on_progress: Progress | None = None,
     sizer: RequestSizer | None = None,
     max_timeouts: int = 3,
+    rbr: bool = False,
 ) -> list[tuple[float, float]]:
     """The same through a running reward service, every item pinned to ``version`` so one
     version scores all of them.
@@ -340,11 +352,13 @@ def score_remote(
     never sent again as it was. Its connection is closed, which Ray Serve takes as the
     client going away and cancels it; the same items then go again in a smaller request
     after a pause. 429/502/503/504 (overloaded, restarting) are waited out the same way.
-    After ``max_timeouts`` failures in a row, EvalError says what to try."""
+    After ``max_timeouts`` failures in a row, EvalError says what to try. ``rbr``: ask for
+    rm + rbr, each item with its example's response type."""
     from ramo_stream.client.errors import RETRY_STATUSES, RewardServiceError
 
     sizer = sizer or RequestSizer()
-    items = [(e.prompt, text) for e in examples for text in (e.chosen, e.rejected)]
+    items = [{"prompt": e.prompt, "response": text, "response_type": e.response_type}
+             for e in examples for text in (e.chosen, e.rejected)]  # fmt: skip
     flat: list[float] = []
     failures = 0
     while len(flat) < len(items):
@@ -353,7 +367,7 @@ def score_remote(
         started = time.monotonic()
         try:
             with client_for(timeout, len(part)) as client:
-                rewards = client.score(part, model_version=version).rewards
+                rewards = client.score(part, model_version=version, rbr=rbr or None).rewards
         except RewardServiceError as e:
             if e.status is not None and e.status not in RETRY_STATUSES:
                 raise  # the request's fault (4xx) or the model's (500): no retry helps
@@ -374,6 +388,28 @@ def score_remote(
         if on_progress is not None:
             on_progress(len(part))
     return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def rbr_local(
+    examples: Sequence[Example], settings: Any, on_progress: Progress | None = None
+) -> tuple[list[tuple[float, float]], str]:
+    """(chosen, rejected) Rule-Based Rewards of every example, computed here as the reward
+    service's RBR deployment computes them (``RBRScorer``), and the RBR artifact's version.
+    Every example needs its ``response_type``."""
+    from ramo_stream.label.rbr.scorer import RBRScorer
+
+    scorer = RBRScorer(settings)
+    items = [(e.prompt, text, str(e.response_type))
+             for e in examples for text in (e.chosen, e.rejected)]  # fmt: skip
+    flat, _ = scorer.score(items, on_progress, chunk=8)
+    return list(zip(flat[0::2], flat[1::2], strict=True)), scorer.version
+
+
+def add_rewards(
+    a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """rm + rbr, pair by pair."""
+    return [(x + u, y + v) for (x, y), (u, v) in zip(a, b, strict=True)]
 
 
 class RemoteEvalError(RuntimeError):
