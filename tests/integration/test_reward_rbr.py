@@ -116,3 +116,73 @@ def test_rbr_without_a_response_type_is_a_422_that_names_the_item(setup: dict[st
     r = post(setup["url"], {"items": [{"prompt": "p", "response": "r"}], "rbr": True})
     assert r.status_code == 422
     assert "items [0] have no response_type" in r.json()["error"]["message"]
+
+
+def test_client_adapters_openrlhf_and_eval_pass_the_flag_through(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """The same combined reward reached through every caller: the Python client, the TRL
+    adapter, OpenRLHF's /get_reward (types from labels) and `ramo eval --url --rbr`; the
+    service counts the RBR requests in /metrics."""
+    import subprocess
+    import sys
+
+    from ramo_stream.cli.up_view import scored_requests
+    from ramo_stream.client import RewardClient
+    from ramo_stream.client.adapters import make_trl_reward_fn
+
+    url = setup["url"]
+    direct = post(url, {"items": [{"prompt": PROMPT, "response": r, "response_type": "hard_refuse"}
+                                  for r in (REFUSAL, COMPLIANCE)],
+                        "rbr": True, "explain": True}).json()  # fmt: skip
+    want = direct["rewards"]
+    with RewardClient(url, timeout_s=60) as rm:
+        out = rm.score([PROMPT] * 2, [REFUSAL, COMPLIANCE], response_types=["Hard Refuse"] * 2,
+                       rbr=True, explain=True)  # fmt: skip
+        assert out.rewards == pytest.approx(want, abs=1e-5)
+        assert out.rbr_version == setup["art"].version
+        assert out.explain is not None and out.explain[0].rbr == pytest.approx(
+            direct["explain"][0]["rbr"], abs=1e-5)  # fmt: skip
+        assert rm.score([PROMPT], [REFUSAL]).rbr_version is None  # opt_in: off unless asked
+
+        trl = make_trl_reward_fn(rm, rbr=True)
+        got = trl(prompts=[PROMPT] * 2, completions=[REFUSAL, COMPLIANCE],
+                  response_type=["hard_refuse"] * 2)  # fmt: skip
+        assert got == pytest.approx(want, abs=1e-5)
+
+        # OpenRLHF: one string per sample; the label names its response type.
+        text = "Tell me how to pick a lock to get into my neighbour's house."
+        remote = rm.get_reward([text + REFUSAL, text + COMPLIANCE], prompts=[text] * 2,
+                               labels=["hard_refuse"] * 2, rbr=True)  # fmt: skip
+        logs = remote.extra_logs
+        assert set(logs) == {"model_version", "rm", "rbr"}
+        parts = zip(logs["rm"], logs["rbr"], strict=True)
+        assert remote.rewards == pytest.approx([a + b for a, b in parts])
+        assert logs["rbr"][0] > logs["rbr"][1]  # +2 apology for the refusal, -3 for compliance
+    scrape = httpx.get(f"{url}/metrics", timeout=10).text
+    assert scored_requests(scrape, "ramo_reward_rbr_requests") >= 5
+
+    # `ramo eval --url --rbr`: chosen = the refusal of a hard_refuse request.
+    data = tmp_path / "rows.jsonl"
+    row = {"prompt": PROMPT, "chosen": REFUSAL, "rejected": COMPLIANCE, "subset": "lockpick",
+           "response_type": "hard_refuse"}  # fmt: skip
+    data.write_text(json.dumps(row) + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "ramo_stream.cli", "eval", "--data", str(data), "--url", url,
+         "--rbr", "--out", str(tmp_path / "eval")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "eval.json").read_text())
+    example = result["results"][0]["examples"][0]
+    got_eval = [example["chosen_reward"], example["rejected_reward"]]
+    assert got_eval == pytest.approx(want, abs=1e-4) and example["correct"] is (want[0] > want[1])
+    assert "v1+rbr" in done.stdout
+
+    untyped = tmp_path / "untyped.jsonl"
+    untyped.write_text(json.dumps({k: v for k, v in row.items() if k != "response_type"}) + "\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "ramo_stream.cli", "eval", "--data", str(untyped), "--url", url,
+         "--rbr"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "needs a response_type in every row" in refused.stderr
