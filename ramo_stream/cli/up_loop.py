@@ -17,8 +17,10 @@ publishes a final version. A second
 Ctrl-C skips the rest of the drain (the bridge finishes its batch in flight, the trainer
 publishes what it has) and says how many accepted pairs that drops; a third gives up at
 once. With a broker that outlives the command, nothing is lost by not draining, so the
-first Ctrl-C stops like the second. Each piece is the same code that ``ramo
-labeler|train|serve`` run on their own.
+first Ctrl-C stops like the second. ``--exit-when-idle S`` stops once the ingest is done,
+no accepted pair waits to be labeled, and nothing moved for S seconds; it always drains
+(the work is done by then, and a benchmark wants every label in the final version). Each
+piece is the same code that ``ramo labeler|train|serve`` run on their own.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def wait_for_version(url: str, version: int, headers: dict[str, str], timeout_s:
 class UpOptions:
     files: tuple[Path, ...] = ()  # pairs to ingest once the loop runs (--demo: demo_files())
     limit: int | None = None  # lines per file
-    exit_when_idle_s: float | None = None  # stop when nothing moved for this long
+    exit_when_idle_s: float | None = None  # stop when nothing waits and nothing moved this long
     view_every_s: float = 2.0
     heartbeat_s: float = 30.0  # no terminal: a line after this long without a change
 
@@ -283,10 +285,11 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
             view = LiveView(settings, bootstrap, url, out, options.heartbeat_s,
                             labeling.budget_text if gate_on else None)  # fmt: skip
             try:
-                failed = _watch(view, settings, options, stop, out, parts, processor)
+                failed, idle = _watch(view, settings, options, stop, out, parts, labeling)
                 ingest.halt(30)
-                if failed is None and ephemeral:
-                    failed = _drain(view, settings, options, abort, labeling, parts, say)
+                if failed is None and (ephemeral or idle):
+                    why = "the embedded broker's topics end with it" if ephemeral else "idle"
+                    failed = _drain(view, settings, options, abort, labeling, parts, say, why)
                 else:
                     say(
                         "stopping: the labeler finishes its batch in flight, the trainer "
@@ -333,22 +336,27 @@ def _watch(
     stop: threading.Event,
     out: TextIO,
     parts: list[Component],
-    processor: Any,
-) -> Component | None:
-    """Draw the live view until a stop is asked for, the loop is idle, or a part fails
-    (returned). ``parts``: ingest, the gate (when on), labeler bridge, trainer;
-    ``processor``: the bridge's StreamProcessor, whose health (the broker reachable or not)
-    the view shows."""
+    labeling: Any,
+) -> tuple[Component | None, bool]:
+    """Draw the live view until a stop is asked for, the loop is idle, or a part fails.
+    Returns (the part that failed, whether the loop went idle). ``parts``: ingest, the gate
+    (when on), labeler bridge, trainer; ``labeling``: the bridge's StreamProcessor, whose
+    health (the broker reachable or not) the view shows, and the gate's.
+
+    Idle (``--exit-when-idle S``): the ingest is done, no accepted pair waits to be
+    labeled, and nothing moved for S seconds. A labeler slower than S per batch (a starved
+    CPU) is not idle while pairs wait for it."""
     ingest, trainer = parts[0], parts[-1]
+    processor = labeling.bridge
     selector = settings.labeling.selector
     hint = "Ctrl-C stops (a final version is published first)"
     last_change, last_key = time.monotonic(), None
     while not stop.wait(options.view_every_s):
         for part in parts:
             if part.error is not None:
-                return part
+                return part, False
         if trainer.thread is not None and not trainer.running:  # it stopped by itself
-            return None  # (train.idle_stop_s or train.max_steps)
+            return None, False  # (train.idle_stop_s or train.max_steps)
         health = processor.health
         status = hint if health.state == "ok" else f"labeler: {health.line()}; {hint}"
         snap = view.draw(selector, status)
@@ -357,10 +365,12 @@ def _watch(
         if key != last_key:
             last_change, last_key = time.monotonic(), key
         idle = options.exit_when_idle_s
-        if idle is not None and not ingest.running and time.monotonic() - last_change > idle:
-            print(f"nothing moved for {idle:.0f} s: stopping", file=out, flush=True)
-            return None
-    return None
+        if (idle is not None and not ingest.running and time.monotonic() - last_change > idle
+                and _unlabeled(snap, labeling) == 0):  # fmt: skip
+            print(f"every pair labeled and nothing moved for {idle:.0f} s: stopping", file=out,
+                  flush=True)  # fmt: skip
+            return None, True
+    return None, False
 
 
 def _drain(
@@ -371,14 +381,15 @@ def _drain(
     labeling: Any,
     parts: list[Component],
     say: Callable[[str], None],
+    why: str,
 ) -> Component | None:
     """Finish what was accepted, in data-flow order: the gate sorts every pair on the pairs
     topic (when it runs), the bridge labels every pair it reads, then the trainer trains on
     every label and publishes. Returns a part that failed meanwhile; stops early when
     ``abort`` (a second Ctrl-C) is set."""
     selector = settings.labeling.selector
-    say("stopping: labeling and training every accepted pair first (the embedded broker's"
-        " topics end with it); Ctrl-C again skips that")  # fmt: skip
+    say(f"stopping: labeling and training every accepted pair first ({why}); Ctrl-C again"
+        " skips that")  # fmt: skip
     for part in parts[1:]:
         part.finish.set()
         while part.running and not abort.wait(options.view_every_s):
