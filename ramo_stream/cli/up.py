@@ -83,8 +83,9 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    " rows); repeatable.")  # fmt: skip
     p.add_argument("--limit", type=int, help="Ingest at most this many lines per file.")
     p.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
-                   help="Stop (in order, publishing a final version) once the ingest is done"
-                   " and nothing moved for this long. Default: run until Ctrl-C.")  # fmt: skip
+                   help="Stop once the ingest is done, every accepted pair is labeled and"
+                   " nothing moved for this long; the stop drains (every label trained into"
+                   " a final version). Default: run until Ctrl-C.")  # fmt: skip
     p.add_argument("--view-every", type=float, default=2.0, metavar="SECONDS",
                    help="Redraw the live view this often (default 2).")  # fmt: skip
     p.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
