@@ -120,17 +120,22 @@ def final_on_heldout(folder: Path, version: int, labels: list[Any]) -> dict[str,
         for i, lp in enumerate(held)
     ]  # fmt: skip
     scores = score_local(load_local(folder, version, settings), examples, settings)
+    # Against the labeler and the human on all held-out pairs; against the human per source
+    # (the row's subset), since sources differ a lot in how well the grader labels them.
+    subsets = sorted({str(lp.pair.metadata.get("subset", "")) for lp in held} - {""})
+    groups = [("labeler", "labeler", None), ("human", "human", None),
+              *((f"human, {s}", "human", s) for s in subsets)]  # fmt: skip
     out: dict[str, Any] = {}
-    for who in ("labeler", "human"):
+    for name, who, subset in groups:
         hits = ties = n = 0
         for lp, (ra, rb) in zip(held, scores, strict=True):
             side = lp.preferred if who == "labeler" else lp.pair.metadata.get("gold")
-            if side not in ("a", "b"):
+            if side not in ("a", "b") or (subset and lp.pair.metadata.get("subset") != subset):
                 continue
             n += 1
             ties += ra == rb
             hits += (ra > rb) if side == "a" else (rb > ra)
-        out[who] = {"hits": hits, "ties": ties, "n": n}
+        out[name] = {"hits": hits, "ties": ties, "n": n}
     return out
 
 
