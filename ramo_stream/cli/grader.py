@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,8 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
           f" top {cfg.train_layers} layers + head; {torch.get_num_threads()} threads",
           file=sys.stderr)  # fmt: skip
     if args.kind == "llm":
-        return _train_llm(args, settings, examples, pool, data, counts)
+        return _train_llm(args, settings, examples, grading_texts(pool, props), pool, data,
+                          counts)  # fmt: skip
     t0 = time.monotonic()
     with tqdm(total=None, desc="grader train", unit="step", file=sys.stderr) as bar:
 
@@ -169,8 +171,9 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _train_llm(args: argparse.Namespace, settings: Settings, examples: list[Any], pool: Any,
-               data: Path, counts: dict[str, int]) -> int:  # fmt: skip
+def _train_llm(args: argparse.Namespace, settings: Settings, examples: list[Any],
+               text: Callable[[str], str], pool: Any, data: Path,
+               counts: dict[str, int]) -> int:  # fmt: skip
     """The second candidate: SmolLM2 fine-tuned on the answer word (grading/train_llm.py)."""
     from tqdm import tqdm
 
@@ -189,7 +192,7 @@ def _train_llm(args: argparse.Namespace, settings: Settings, examples: list[Any]
             bar.update(1)
 
         model, tokenizer, losses = train_llm(
-            base, examples, lambda r: pool[r].text, train_layers=args.train_layers,
+            base, examples, text, train_layers=args.train_layers,
             lr=args.lr, max_tokens=args.max_tokens, seed=args.seed, on_step=on_step,
         )  # fmt: skip
     train_s = time.monotonic() - t0
