@@ -133,7 +133,7 @@ class Labeling:
         if hasattr(model, "where"):
             line += (f"; features from {model.where()}: {model.pairs_scored} pairs in"
                      f" {model.requests} requests")  # fmt: skip
-        return line
+        return line + f"; {st.pairs_per_s():.1f} pairs/s while busy (features, scores, writes)"
 
 
 def deploy_features(args: Any, settings: Settings) -> Any:

@@ -98,3 +98,112 @@ def test_ramo_up_with_the_gate_labels_exactly_the_selected_pairs(
     sorted_, n_sel, n_skip, scored, requests = map(int, found.groups())
     assert (sorted_, n_sel, n_skip) == (PAIRS, len(selected), len(skipped))
     assert scored == PAIRS and requests >= 1
+
+
+def _replica_pids(app: str) -> list[int]:
+    import psutil
+
+    title = f"ServeReplica:{app}:GateFeaturesDeployment"
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(title in part for part in p.info["cmdline"] or []):
+                pids.append(p.pid)
+        except psutil.Error:
+            pass
+    return pids
+
+
+@pytest.mark.timeout(400)
+def test_a_killed_features_replica_loses_no_pair_and_a_dead_app_is_a_clear_error(
+    ray_serve: int, broker: str, new_topic: Callable[..., str], models_dir: Path, tmp_path: Path
+) -> None:
+    """kill -9 of the features replica while the gate sorts: Serve restarts it, the gate
+    retries, every pair ends on selected or skipped, none dead-lettered. Then the app is
+    deleted: the gate gives up after select.features_wait_s naming the app, and commits and
+    dead-letters nothing."""
+    import signal
+    import threading
+    import time
+
+    from ray import serve
+
+    from ramo_stream.config import KafkaSettings, flat_settings, load_settings
+    from ramo_stream.label.serve_app import LabelerAppArgs
+    from ramo_stream.serve.gate_features import FeaturesUnavailable, RemoteServedModel, build_app
+    from ramo_stream.stream.gate import make_gate, run_gate
+    from ramo_stream.stream.kafka_io import TopicWriter, make_producer
+    from tests.integration.test_select_gate import committed_total
+
+    names = {k: new_topic(2 if k == "pairs" else 1) for k in ("pairs", "selected", "skipped")}
+    names["dlq"] = new_topic(1)
+    settings = load_settings(None, {
+        "kafka.bootstrap_servers": broker, "paths.cache_dir": str(tmp_path),
+        **{f"topics.{k}": v for k, v in names.items()},
+        "models.reward_backbone": str(models_dir / "all-minilm-l6-v2"),
+        "select.group": f"g-{names['pairs']}", "select.max_length": 64, "select.linger_s": 0.0,
+        "select.window_pairs": 10, "select.budget": 2, "select.max_in_flight": 10,
+        "select.features_wait_s": 90.0,
+    })  # fmt: skip
+    items = [p for i in range(8) for p in _pairs()]  # 80 pairs, ids made unique below
+    items = [p.model_copy(update={"pair_id": f"{p.pair_id}-{i}"}) for i, p in enumerate(items)]
+    producer = make_producer(broker, KafkaSettings())
+    writer = TopicWriter(producer)
+    for p in items:
+        writer.send(names["pairs"], p, key=p.pair_id)
+    assert writer.flush() == len(items)
+
+    app = "select-kill"
+    args = LabelerAppArgs(overrides=flat_settings(settings), gate_cpus=0.5)
+    handle = serve.run(build_app(args), name=app, route_prefix=None)
+    model = RemoteServedModel(handle, settings, app=app)
+    processor, gate = make_gate(settings, broker, model)
+    try:
+        (victim,) = _replica_pids(app)
+        errors: list[BaseException] = []
+
+        def sort() -> None:
+            try:
+                run_gate(processor, settings, until_caught_up=True, idle_timeout_s=120)
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        thread = threading.Thread(target=sort)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while gate.stats.seen < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0 < gate.stats.seen < len(items), "the kill must land mid-stream"
+        os.kill(victim, signal.SIGKILL)
+        thread.join(300)
+        assert not thread.is_alive() and not errors, errors
+        assert _replica_pids(app) and _replica_pids(app) != [victim]  # Serve restarted it
+
+        selected = [
+            ResponsePair.model_validate_json(v) for v in read_all(broker, names["selected"])
+        ]
+        skipped = [ResponsePair.model_validate_json(v) for v in read_all(broker, names["skipped"])]
+        assert Counter(p.pair_id for p in selected + skipped) == Counter(p.pair_id for p in items)
+        assert read_all(broker, names["dlq"]) == []
+        assert committed_total(broker, names["pairs"], settings.select.group) == len(items)
+        assert model.pairs_scored >= len(items)
+
+        # The app is gone for good: a clear error after the wait, nothing moved.
+        serve.delete(app)
+        model.settings = load_settings(None, {**flat_settings(settings),
+                                              "select.features_wait_s": 3.0})  # fmt: skip
+        more = [p.model_copy(update={"pair_id": f"late-{i}"}) for i, p in enumerate(_pairs())]
+        for p in more:
+            writer.send(names["pairs"], p, key=p.pair_id)
+        assert writer.flush() == len(more)
+        with pytest.raises(FeaturesUnavailable, match="'select-kill'.*features_wait_s"):
+            while True:  # until a poll holds the new pairs
+                processor.process_once()
+        assert committed_total(broker, names["pairs"], settings.select.group) == len(items)
+        assert read_all(broker, names["dlq"]) == []
+    finally:
+        processor.close()
+        gate.writer.producer.close()
+        producer.close()
+        if app in serve.status().applications:
+            serve.delete(app)
