@@ -98,6 +98,7 @@ def test_ramo_up_with_the_gate_labels_exactly_the_selected_pairs(
     sorted_, n_sel, n_skip, scored, requests = map(int, found.groups())
     assert (sorted_, n_sel, n_skip) == (PAIRS, len(selected), len(skipped))
     assert scored == PAIRS and requests >= 1
+    print(f"\n{found.group(0)}")
 
 
 def _replica_pids(app: str) -> list[int]:
