@@ -417,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ramo_stream.stream.broker import BrokerError
 
             known += (BrokerError, ModelNotAvailable, RBRArtifactError)
+            from ramo_stream.serve.gate_features import FeaturesUnavailable
+
+            known += (FeaturesUnavailable,)
         except ImportError:
             pass
         if isinstance(e, known):

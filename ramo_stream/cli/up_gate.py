@@ -5,7 +5,9 @@ bridge -> ``topics.labels``, and the pairs the budget leaves out go to ``topics.
 The labeler's rate is measured where it labels (the bridge's handler: pairs per second
 spent labeling), drives the gate's budget unless ``select.budget_per_s`` is set, and is
 saved when `ramo up` stops, so the next run's ``select.enabled=auto`` can compare it with
-the pairs waiting (``core.label_rate.auto_gate``).
+the pairs waiting (``core.label_rate.auto_gate``). The gate's thread keeps the Kafka loop,
+M and the budget; the reward model it reads phi from runs in a Serve app of its own next to
+the labeler (``serve.gate_features``), deployed only when the gate runs.
 """
 
 from __future__ import annotations
@@ -122,16 +124,57 @@ class Labeling:
     def budget_text(self) -> str:
         return self.gate.gate.budget_text() if self.gate is not None else "-"
 
+    def gate_summary(self) -> str:
+        """What the gate did and where its features came from, for the stop lines."""
+        assert self.gate is not None
+        st, model = self.gate.stats, self.gate.gate.model
+        line = (f"selection gate: {st.seen} pairs sorted, selected {st.selected}, skipped"
+                f" {st.skipped}")  # fmt: skip
+        if hasattr(model, "where"):
+            line += (f"; features from {model.where()}: {model.pairs_scored} pairs in"
+                     f" {model.requests} requests")  # fmt: skip
+        return line + f"; {st.pairs_per_s():.1f} pairs/s while busy (features, scores, writes)"
 
-def start_labeling(settings: Settings, bootstrap: str, labeler: Any, gate_on: bool) -> Labeling:
-    """The bridge reading ``topics.selected`` behind a gate, or ``topics.pairs`` without."""
+
+def deploy_features(args: Any, settings: Settings) -> Any:
+    """The gate's features app ("select") next to the labeler, from the labeler app's args
+    (``LabelerAppArgs``: settings, ``gate_replicas``, ``gate_cpus``, ``gate_gpus``), and
+    the proxy the gate reads features through. A replica that cannot load the model fails
+    here, with Serve's reason."""
+    from ray import serve
+
+    from ramo_stream.serve.gate_features import (
+        APP,
+        FeaturesUnavailable,
+        RemoteServedModel,
+        build_app,
+    )
+
+    try:
+        handle = serve.run(build_app(args), name=APP, route_prefix=None)
+    except Exception as e:
+        raise FeaturesUnavailable(
+            f"the selection gate's features app {APP!r} did not deploy: {e} (its replica's"
+            " log is under Ray's logs, serve/replica_*); or run with select.enabled=off"
+        ) from e
+    return RemoteServedModel(handle, settings, replicas=args.gate_replicas, app=APP)
+
+
+def start_labeling(
+    settings: Settings, bootstrap: str, labeler: Any, gate_on: bool, features: Any = None
+) -> Labeling:
+    """The bridge reading ``topics.selected`` behind a gate, or ``topics.pairs`` without.
+    ``features``: where the gate reads phi from (``deploy_features``'s proxy in `ramo up`,
+    or an in-process ``ServedModel``); needed when ``gate_on``."""
     from ramo_stream.label.bridge import make_bridge
 
     pace = LabelerPace()
     runner = None
     if gate_on:
-        from ramo_stream.registry.features import ServedModel
         from ramo_stream.stream.gate import GateRunner, labeler_settings
+
+        if features is None:
+            raise ValueError("the gate needs a features source (deploy_features, ServedModel)")
 
         before = saved_rate(settings)  # until this run's labeler has labeled a batch
 
@@ -139,7 +182,7 @@ def start_labeling(settings: Settings, bootstrap: str, labeler: Any, gate_on: bo
             now = pace.rate()
             return now if now is not None else before
 
-        runner = GateRunner(settings, bootstrap, ServedModel(settings), pace=rate)
+        runner = GateRunner(settings, bootstrap, features, pace=rate)
         bridge = make_bridge(labeler_settings(settings), bootstrap, labeler)
     else:
         bridge = make_bridge(settings, bootstrap, labeler)

@@ -3,7 +3,8 @@
 Start order: the broker (or the configured Kafka), Ray (a local one, or the cluster that
 RAY_ADDRESS names), Ray Serve with two apps (``labeler``, no HTTP route; ``reward`` on
 ``serve.host:serve.port``), then threads of this process: the selection gate when
-``select.enabled`` resolves on (``up_gate``), the Kafka bridge that feeds the labeler
+``select.enabled`` resolves on (``up_gate``; its features come from a third Serve app,
+``select``, deployed then), the Kafka bridge that feeds the labeler
 (from ``topics.selected`` behind the gate, else ``topics.pairs``), the continuous trainer
 (Ray Train), and, with ``--demo`` or ``--file``, an ingest of pairs. The main thread draws
 the live view.
@@ -102,7 +103,7 @@ def cpus_needed(settings: Settings) -> float:
     from ramo_stream.serve.reward_app import RewardAppArgs
 
     rew, s, t = RewardAppArgs(), settings.serve, settings.train
-    labeler = LabelerAppArgs().reserved_cpus()
+    labeler = LabelerAppArgs().reserved_cpus(gate=settings.select.enabled != "off")
     replicas = s.autoscaling_min_replicas or s.replicas
     reward = rew.ingress_cpus + s.replica_cpus * replicas
     return labeler + reward + t.workers * (t.worker_cpus or 1.0)
@@ -209,6 +210,7 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
     from ramo_stream.cli.up_gate import (
         count_lines,
         decide,
+        deploy_features,
         save_rate,
         start_labeling,
         waiting_on_topic,
@@ -256,8 +258,8 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
             # labeler loads its grader.
             serve.run(build_reward(RewardAppArgs(overrides=overrides)), name="reward",
                       route_prefix="/")  # fmt: skip
-            labeler = serve.run(build_labeler(LabelerAppArgs(overrides=overrides)),
-                                name="labeler", route_prefix=None)  # fmt: skip
+            app_args = LabelerAppArgs(overrides=overrides)  # the gate's features app too
+            labeler = serve.run(build_labeler(app_args), name="labeler", route_prefix=None)
             say(f"labeler and reward service deployed; reward API at {url} (POST /v1/score,"
                 " /v1/compare, /get_reward; GET /v1/models, /health, /metrics)")  # fmt: skip
             ingest, gate, bridge, trainer = (
@@ -267,11 +269,12 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
             if settings.select.enabled == "auto" and not ephemeral:
                 waiting += waiting_on_topic(settings, bootstrap)
             gate_on, why = decide(settings, waiting)
-            labeling = start_labeling(settings, bootstrap, labeler, gate_on)
+            features = deploy_features(app_args, settings) if gate_on else None
+            labeling = start_labeling(settings, bootstrap, labeler, gate_on, features)
             processor = labeling.bridge
             t = settings.topics
             say(f"selection gate: {why}" + (f"; {t.pairs} -> {t.selected} (labeled) +"
-                f" {t.skipped}" if gate_on else ""))  # fmt: skip
+                f" {t.skipped}; features from {features.where()}" if features else ""))  # fmt: skip
             if labeling.gate is not None:
                 gate.start(labeling.gate.run)
             bridge.start(lambda ev, fin: _label(processor, ev, fin))
@@ -301,6 +304,8 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
                         )
                     )
                 gate.halt(120)  # after its poll in hand: both outputs acknowledged, committed
+                if labeling.gate is not None:
+                    say(labeling.gate_summary())
                 bridge.halt(300)
                 trainer.halt(600)
                 save_rate(settings, labeling.pace)  # for the next run's select.enabled=auto

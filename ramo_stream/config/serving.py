@@ -311,6 +311,13 @@ class SelectSettings(_Section):
     max_in_flight: int = Field(
         default=1000, ge=1, description="Most pairs polled (and held uncommitted) at once."
     )
+    features_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="`ramo up`: how long the gate waits for its features deployment (a poll's"
+        " reply, or a replica Serve restarts after a crash) before it stops with an error; the"
+        " poll stays uncommitted, nothing is dead-lettered.",
+    )
     linger_s: float = Field(
         default=1.0,
         ge=0,

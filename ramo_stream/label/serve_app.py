@@ -42,12 +42,26 @@ class LabelerAppArgs(BaseModel):
     labeler_replicas: int = Field(default=1, ge=1, description="Labeler (orchestration).")
     grader_cpus: float = Field(default=1.0, gt=0, description="CPUs reserved per grader replica.")
     grader_gpus: float = Field(default=0.0, ge=0, description="GPUs per grader replica.")
+    # The selection gate's features app ("select", serve/gate_features.py) is deployed next
+    # to this one when the gate runs, from these same args: one settings source for both.
+    gate_replicas: int = Field(
+        default=1, ge=1, description="Replicas computing the gate's features (phi, p)."
+    )
+    gate_cpus: float = Field(default=1.0, gt=0, description="CPUs per gate features replica.")
+    gate_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs per gate features replica; unset: as the reward service's replicas"
+        " (serve.replica_gpus, else 1 when Ray sees a GPU), so phi is computed on the device"
+        " the served reward model runs on.",
+    )
 
-    def reserved_cpus(self) -> float:
+    def reserved_cpus(self, gate: bool = False) -> float:
         """Ray CPUs the app reserves, at most: the Rule Adapter's replicas are counted even
-        when the selector does not deploy them."""
+        when the selector does not deploy them; with ``gate``, the features app's too."""
         aux = self.labeler_replicas + self.adapter_replicas
-        return self.grader_cpus * self.grader_replicas + AUX_CPUS * aux
+        gate_cpus = self.gate_cpus * self.gate_replicas if gate else 0.0
+        return self.grader_cpus * self.grader_replicas + AUX_CPUS * aux + gate_cpus
 
     def settings(self) -> Settings:
         return load_settings(self.config_file, self.overrides)

@@ -142,9 +142,11 @@ class ServedModel:
         d = self.settings.select.device
         return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
 
-    def refresh(self, now: float) -> bool:
-        """Load the version CURRENT names if it changed; True when the model was replaced."""
-        if self.featurizer is not None and now - self._checked < self.settings.select.reload_poll_s:
+    def refresh(self, now: float, force: bool = False) -> bool:
+        """Load the version CURRENT names if it changed; True when the model was replaced.
+        CURRENT is read at most every ``select.reload_poll_s``, unless ``force``."""
+        recent = now - self._checked < self.settings.select.reload_poll_s
+        if self.featurizer is not None and not force and recent:
             return False
         self._checked = now
         try:
@@ -155,8 +157,21 @@ class ServedModel:
         version = manifest.version if manifest is not None else None
         if self.featurizer is not None and (version is None or version == self.version):
             return False
+        self._load(manifest)
+        return True
+
+    def load(self, version: int | None) -> None:
+        """Hold ``version`` of the registry (None: the backbone), whatever CURRENT says now.
+        A features replica answers for the version the gate asks for, so all the replicas a
+        poll is spread over read phi from one model."""
+        if self.featurizer is not None and version == self.version:
+            return
+        self._load(self.registry.get(version) if version is not None else None)
+
+    def _load(self, manifest: Any) -> None:
         from ramo_stream.local_models import resolve
 
+        version = manifest.version if manifest is not None else None
         if version is None:
             path = resolve(self.settings.models.reward_backbone, self.settings.paths.models_dir)
         else:
@@ -170,4 +185,3 @@ class ServedModel:
         if manifest is not None:
             self.identity = f"version {version} of {manifest.created_at.isoformat()}"
         log.info("select: features from %s", f"version {version}" if version else path)
-        return True

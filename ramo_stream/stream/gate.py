@@ -134,12 +134,13 @@ class SelectionGate:
 
     def handle(self, batch: list[Message[ResponsePair]]) -> None:
         started = time.monotonic()
-        if self.model.refresh(started):
-            self.stats.reloads += 1
-            if self.info is None or not self.s.keep_m_on_new_version:
-                self._reset_info(self.model.featurizer.dim)
-        if self.info is None:
+        replaced = self.model.refresh(started)  # True on the first load too (ServedModel)
+        if self.info is None:  # the first poll: a saved M of this model carries over
             self._reset_info(self.model.featurizer.dim, first=True)
+        elif replaced:
+            self.stats.reloads += 1
+            if not self.s.keep_m_on_new_version:
+                self._reset_info(self.model.featurizer.dim)
         assert self.info is not None
         # A failed write makes the processor call again with the same batch: undo first.
         info, budget, rate, rng = self.info, self.budget, self.rate_budget, self.rng

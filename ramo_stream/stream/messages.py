@@ -44,6 +44,13 @@ class ProcessorStats:
     health: Health = field(default_factory=Health)
 
 
+class ServiceUnavailable(Exception):
+    """Raised by a handler when a service it calls (not a record) failed and stayed down past
+    its wait: the processor neither retries the batch record by record nor dead-letters it;
+    the error leaves ``process_once`` with the poll uncommitted, so the stage stops and every
+    record of the poll is delivered again to the next run."""
+
+
 def describe_error(e: BaseException) -> str:
     """'Type: message' of a handler's error. An error raised in a Ray task (the labeler's
     deployment) carries the remote traceback in its text, which would push the message out

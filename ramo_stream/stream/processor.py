@@ -14,6 +14,8 @@ Broker loss is not a record's fault: a unit of work that fails on the broker is 
 split nor dead-lettered. The stage rebuilds its producer (and, if it keeps failing, its
 consumer), backs off, and retries the same unit until the broker answers, showing
 ``health`` meanwhile. A record that cannot even be dead-lettered is logged and counted.
+Nor is a service the handler calls (``ServiceUnavailable``, raised once the handler gave up
+waiting for it): that error stops the stage with the poll uncommitted.
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ from ramo_stream.stream.dead_letters import make_letter
 from ramo_stream.stream.dedup import OutputLedger, SeenIds, content_digest
 from ramo_stream.stream.health import BrokerTrouble, Health, is_broker_error
 from ramo_stream.stream.kafka_io import TopicWriter
-from ramo_stream.stream.messages import Handler, Message, ProcessorStats, describe_error
+from ramo_stream.stream.messages import (
+    Handler,
+    Message,
+    ProcessorStats,
+    ServiceUnavailable,
+    describe_error,
+)
 from ramo_stream.stream.serde import decode
 
 log = logging.getLogger(__name__)
@@ -200,6 +208,8 @@ class StreamProcessor(Generic[R]):
             try:
                 self.handler(batch)
                 return []
+            except ServiceUnavailable:  # the handler waited already; no record is at fault
+                raise
             except Exception as e:  # noqa: BLE001 - any handler error is retried, then DLQ'd
                 if is_broker_error(e):
                     raise BrokerTrouble(f"{type(e).__name__}: {e}") from e
@@ -215,6 +225,8 @@ class StreamProcessor(Generic[R]):
         for msg in batch:
             try:
                 self.handler([msg])
+            except ServiceUnavailable:
+                raise
             except Exception as e:  # noqa: BLE001
                 if is_broker_error(e):
                     raise BrokerTrouble(describe_error(e)) from e

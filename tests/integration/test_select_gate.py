@@ -216,8 +216,11 @@ def test_ramo_up_wiring_gate_then_labeler_labels_only_selected_pairs(
         **overrides(broker, names, minilm, tmp_path), "topics.labels": names["labels"],
         "select.window_pairs": 20, "select.budget_per_s": 1.0, "labeling.pair_batch": 4,
     })  # fmt: skip
+    from ramo_stream.registry.features import ServedModel
+
     labeler = StandInLabeler()
-    labeling = start_labeling(settings, broker, labeler, gate_on=True)
+    # In process here; `ramo up` hands in its Serve deployment's proxy (test_up_gate.py).
+    labeling = start_labeling(settings, broker, labeler, True, ServedModel(settings))
     assert labeling.gate is not None
     gate, bridge = Component("gate"), Component("labeler")
     started = time.monotonic()

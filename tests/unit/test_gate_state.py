@@ -72,3 +72,29 @@ def test_a_restarted_gate_carries_on_with_m_of_the_same_version(tmp_path: Path) 
     third = gate_with_store(tmp_path, FakeWriter(), other)
     third.handle(batch(10))
     assert not third.stats.m_loaded and third.info is not None and third.info.labeled == 3
+
+
+class LoadingModel(FakeModel):
+    """As ``ServedModel``: the first refresh loads the model and says it was replaced."""
+
+    def __init__(self, featurizer: FakeFeaturizer) -> None:
+        super().__init__(featurizer)
+        self.loaded = False
+
+    def refresh(self, now: float) -> bool:
+        first, self.loaded = not self.loaded, True
+        return first
+
+
+def test_m_carries_over_when_the_first_refresh_loads_the_model(tmp_path: Path) -> None:
+    """The real ServedModel (and the features proxy of `ramo up`) returns True from its
+    first refresh; that load is not a new version, so the saved M is still used."""
+    g = torch.Generator().manual_seed(0)
+    feats = FakeFeaturizer(torch.randn(25, 3, generator=g, dtype=torch.float64),
+                           torch.rand(25, generator=g, dtype=torch.float64))  # fmt: skip
+    first = gate_with_store(tmp_path, FakeWriter(), LoadingModel(feats))
+    first.handle(batch(20))
+    assert first.info is not None and first.info.labeled == 6 and first.stats.reloads == 0
+    second = gate_with_store(tmp_path, FakeWriter(), LoadingModel(feats))
+    second.handle(batch(10))
+    assert second.stats.m_loaded and second.info is not None and second.info.labeled == 6 + 3

@@ -185,6 +185,27 @@ def test_broker_errors_are_retried_with_a_new_producer_never_dead_lettered() -> 
     assert len(consumer.commits) == 1
 
 
+def test_a_service_down_stops_the_stage_with_nothing_lettered_or_committed() -> None:
+    """A handler that gave up waiting for a service it calls (the gate's features
+    deployment) raises ServiceUnavailable: no retry record by record, no dead letter (not
+    even the poll's own bad record), no commit, so the whole poll is delivered again."""
+    from ramo_stream.stream.messages import ServiceUnavailable
+
+    calls: list[int] = []
+
+    def handler(batch: list[Message[ResponsePair]]) -> None:
+        calls.append(len(batch))
+        raise ServiceUnavailable("features deployment down")
+
+    values = [encode(pair(0)), b"{bad", encode(pair(1))]
+    proc, consumer, producers, log = setup(values, handler, retries=3)
+    with pytest.raises(ServiceUnavailable, match="features deployment down"):
+        proc.process_once()
+    assert calls == [2]  # once: the handler did its own waiting
+    assert letters(producers) == [] and consumer.commits == [] and "commit" not in log
+    assert proc.stats.handled == 0 and proc.stats.dead_lettered == 0
+
+
 def test_a_letter_that_cannot_be_written_is_counted_and_skipped() -> None:
     def fail(topic: str, value: bytes) -> Exception | None:
         return MessageSizeTooLargeError("too big") if topic == "dlq" else None
