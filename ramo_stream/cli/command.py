@@ -415,11 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ramo_stream.label.rbr.artifact import RBRArtifactError
             from ramo_stream.local_models import ModelNotAvailable
             from ramo_stream.stream.broker import BrokerError
+            from ramo_stream.stream.messages import ServiceUnavailable
 
-            known += (BrokerError, ModelNotAvailable, RBRArtifactError)
-            from ramo_stream.serve.gate_features import FeaturesUnavailable
-
-            known += (FeaturesUnavailable,)
+            # ServiceUnavailable: the gate's features app or the labeler stayed down.
+            known += (BrokerError, ModelNotAvailable, RBRArtifactError, ServiceUnavailable)
         except ImportError:
             pass
         if isinstance(e, known):

@@ -306,6 +306,14 @@ class LabelingSettings(_Section):
     pair_batch: int = Field(
         default=4, ge=1, description="Pairs whose grader calls go to the grader together."
     )
+    service_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="The Kafka bridge (ramo labeler, ramo up): how long it waits for the"
+        " labeler deployment to label a batch, sending it again when the deployment fails (a"
+        " replica died and Serve restarts it, Serve refuses), before it stops with an error;"
+        " its pairs stay uncommitted, none is dead-lettered.",
+    )
 
 
 class TrainSettings(_Section):

@@ -5,7 +5,12 @@ a reused pair_id with new content to the DLQ as a conflict), sends each batch to
 labeler through its Serve handle, writes the LabeledPairs keyed by pair_id, and waits for
 the acknowledgements before the processor commits. A batch whose labeling fails is
 retried with exponential backoff; then each pair is tried alone and the ones that still
-fail go to the DLQ with the error. Nothing is dropped silently.
+fail go to the DLQ with the error. Nothing is dropped silently. A failure of the deployment
+itself (a replica died, Serve refused the call, no reply) is no pair's fault: the call is
+sent again while Serve restarts the replica, for up to ``labeling.service_wait_s`` (which
+also bounds one batch's labeling), then the bridge
+stops with ``LabelerUnavailable`` and the pairs stay uncommitted, none dead-lettered
+(``stream/service_call.py``).
 
 Nothing is labeled twice: an ``OutputLedger`` holds the pair_ids whose label is on
 ramo.labels (acknowledged to this bridge, or found there when a partition is assigned:
@@ -21,10 +26,16 @@ from ramo_stream.config import Settings
 from ramo_stream.schemas import LabeledPair, ResponsePair
 from ramo_stream.stream.dedup import OutputLedger
 from ramo_stream.stream.kafka_io import make_consumer
+from ramo_stream.stream.messages import ServiceUnavailable
 from ramo_stream.stream.processor import Message, StreamProcessor
+from ramo_stream.stream.service_call import wait_for_service
 from ramo_stream.stream.setup import stream_processor, topic_writer
 
 GROUP = "ramo-labeler"
+
+
+class LabelerUnavailable(ServiceUnavailable):
+    """The labeler deployment failed and did not come back within labeling.service_wait_s."""
 
 
 def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProcessor[ResponsePair]:
@@ -41,6 +52,18 @@ def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProce
             ledger.add(key.decode())
 
     writer.on_ack = acked
+    wait_s = settings.labeling.service_wait_s
+
+    def gave_up(waited: float, attempts: int, e: BaseException) -> LabelerUnavailable:
+        return LabelerUnavailable(
+            f"the labeler deployment failed or did not answer for {waited:.0f} s ({attempts}"
+            " attempts; last:"
+            f" {type(e).__name__}: {e}). Its replicas' logs are under Ray's logs"
+            " (serve/replica_*); if it was only slow (a batch of labeling.pair_batch pairs"
+            " takes longer on this grader) or restarting slowly, raise"
+            f" labeling.service_wait_s ({wait_s:g}). Nothing was committed or dead-lettered:"
+            " the pairs are delivered again to the next run"
+        )
 
     def handle(batch: list[Message[ResponsePair]]) -> None:
         # A retried batch may have had some labels acknowledged before it failed.
@@ -48,7 +71,8 @@ def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProce
         if not todo:
             return
         payload = [m.record.model_dump(mode="json") for m in todo]
-        labeled = labeler.label.remote(payload).result()
+        labeled = wait_for_service(lambda: labeler.label.remote(payload), wait_s,
+                                   "labeler: the labeler deployment", gave_up)  # fmt: skip
         if len(labeled) != len(todo):
             raise RuntimeError(f"labeler returned {len(labeled)} labels for {len(todo)} pairs")
         for d in labeled:

@@ -40,11 +40,11 @@ from ramo_stream.config import Settings
 from ramo_stream.label.serve_app import LabelerAppArgs
 from ramo_stream.schemas import ChatMessage
 from ramo_stream.stream.messages import ServiceUnavailable
+from ramo_stream.stream.service_call import wait_for_service
 
 log = logging.getLogger(__name__)
 
 APP = "select"  # the Serve app's name in `ramo up`
-MAX_BACKOFF_S = 10.0
 
 
 class FeaturesUnavailable(ServiceUnavailable):
@@ -116,17 +116,6 @@ def build_app(args: LabelerAppArgs | dict[str, Any]) -> Application:
         logging_config={"enable_access_log": False},
         ray_actor_options={"num_cpus": args.gate_cpus, "num_gpus": gpus},
     ).bind(args)
-
-
-def is_service_error(e: BaseException) -> bool:
-    """A failure of the deployment, not of the request: a replica died or is unreachable,
-    the reply did not come in time, Serve refused or cancelled it, its result was lost."""
-    from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
-    from ray.serve.exceptions import RayServeException
-
-    if isinstance(e, RayTaskError):  # the replica's code raised: the request's error
-        return False
-    return isinstance(e, (RayActorError, GetTimeoutError, ObjectLostError, RayServeException))
 
 
 class _RemoteFeaturizer:
@@ -238,30 +227,13 @@ class RemoteServedModel:
     def _call(self, method: str, send: Callable[[], Any], first: Any = None) -> Any:
         """The reply of a request (``first`` if already sent, else ``send()``), sent again
         with backoff after a service error until ``select.features_wait_s`` has passed."""
-        wait_s = self.settings.select.features_wait_s
-        started = time.monotonic()
-        delay, attempt = 0.5, 0
-        response = first
-        while True:
-            attempt += 1
-            try:
-                if response is None:
-                    response = send()
-                left = wait_s - (time.monotonic() - started)
-                return response.result(timeout_s=max(left, 1.0))
-            except Exception as e:
-                if not is_service_error(e):
-                    raise
-                response = None
-                waited = time.monotonic() - started
-                if waited >= wait_s:
-                    raise FeaturesUnavailable(self._gave_up(method, waited, attempt, e)) from e
-                pause = min(delay, wait_s - waited)
-                log.warning("select: the features app %r failed on %s (%s: %s); retrying in"
-                            " %.1f s (attempt %d, gives up after %.0f s)", self.app, method,
-                            type(e).__name__, e, pause, attempt, wait_s)  # fmt: skip
-                self.sleep(pause)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+
+        def gave_up(waited: float, attempts: int, e: BaseException) -> FeaturesUnavailable:
+            return FeaturesUnavailable(self._gave_up(method, waited, attempts, e))
+
+        return wait_for_service(send, self.settings.select.features_wait_s,
+                                f"select: the features app {self.app!r} on {method}", gave_up,
+                                first=first, sleep=self.sleep)  # fmt: skip
 
     def _gave_up(self, method: str, waited: float, attempts: int, e: BaseException) -> str:
         return (

@@ -150,3 +150,55 @@ def test_attach_runs_only_the_bridge_and_leaves_the_app_running(
         assert serve.status().applications[app].status == "RUNNING"  # left as it was
     finally:
         serve.delete(app)
+
+
+def test_a_labeler_app_that_is_gone_stops_the_bridge_with_nothing_dead_lettered(
+    ray_serve: int, broker: str, new_topic: Callable[..., str], models_dir: Path, tmp_path: Path
+) -> None:
+    """The labeler deployment failing is no pair's fault: the bridge sends the batch again
+    for labeling.service_wait_s, then stops with LabelerUnavailable; nothing is committed
+    and no healthy pair goes to the DLQ (before, each pair was retried alone and
+    dead-lettered)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from ray import serve
+
+    from ramo_stream.config import flat_settings
+    from ramo_stream.label.bridge import GROUP, LabelerUnavailable, make_bridge
+    from ramo_stream.label.serve_app import LabelerAppArgs, build_app
+
+    pairs_topic, labels_topic, dlq = new_topic(1), new_topic(1), new_topic(1)
+    (tmp_path / "models").symlink_to(models_dir, target_is_directory=True)  # the grader's base
+    settings = load_settings(overrides={
+        "kafka.bootstrap_servers": broker, "kafka.handler_retries": 1,
+        "kafka.retry_backoff_s": 0.05,
+        "topics.pairs": pairs_topic, "topics.labels": labels_topic, "topics.dlq": dlq,
+        "paths.cache_dir": str(tmp_path), "labeling.selector": "random", "labeling.k": 1,
+        "labeling.service_wait_s": 3.0,
+    })  # fmt: skip
+    pairs = [
+        ResponsePair(prompt=f"Is {x} safe to eat?", response_a="Yes, cooked.",
+                     response_b="No idea.", source="test")
+        for x in ("rice", "kale")
+    ]  # fmt: skip
+    producer = make_producer(broker, KafkaSettings())
+    writer = TopicWriter(producer)
+    for p in pairs:
+        writer.send(pairs_topic, p, key=p.pair_id)
+    writer.flush()
+    producer.close()
+
+    app = "labeler-gone"
+    handle = serve.run(build_app(LabelerAppArgs(overrides=flat_settings(settings))), name=app,
+                       route_prefix=None)  # fmt: skip
+    serve.delete(app)  # every call through the handle now fails on the deployment's side
+    bridge = make_bridge(settings, broker, handle)
+    try:
+        with pytest.raises(LabelerUnavailable, match="labeling.service_wait_s"):
+            bridge.run(until_caught_up=True, idle_timeout_s=60)
+    finally:
+        bridge.close()
+    assert read_all(broker, dlq) == [] and read_all(broker, labels_topic) == []
+    c = KafkaConsumer(bootstrap_servers=broker, group_id=GROUP, enable_auto_commit=False)
+    committed = c.committed(TopicPartition(pairs_topic, 0))
+    c.close(autocommit=False)
+    assert not committed  # delivered again to the next run

@@ -21,9 +21,9 @@ from ramo_stream.config import load_settings  # noqa: E402
 from ramo_stream.serve.gate_features import (  # noqa: E402
     FeaturesUnavailable,
     RemoteServedModel,
-    is_service_error,
 )
 from ramo_stream.stream.messages import ServiceUnavailable  # noqa: E402
+from ramo_stream.stream.service_call import is_service_error  # noqa: E402
 
 DIM = 4
 
