@@ -8,8 +8,8 @@ retried with exponential backoff; then each pair is tried alone and the ones tha
 fail go to the DLQ with the error. Nothing is dropped silently. A failure of the deployment
 itself (a replica died, Serve refused the call, no reply) is no pair's fault: the call is
 sent again while Serve restarts the replica, for up to ``labeling.service_wait_s`` (which
-also bounds one batch's labeling), then the bridge
-stops with ``LabelerUnavailable`` and the pairs stay uncommitted, none dead-lettered
+also bounds one batch's labeling; a stop asked for meanwhile ends the wait), then the
+bridge stops with ``LabelerUnavailable`` and the pairs stay uncommitted, none dead-lettered
 (``stream/service_call.py``).
 
 Nothing is labeled twice: an ``OutputLedger`` holds the pair_ids whose label is on
@@ -62,7 +62,8 @@ def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProce
             " (serve/replica_*); if it was only slow (a batch of labeling.pair_batch pairs"
             " takes longer on this grader) or restarting slowly, raise"
             f" labeling.service_wait_s ({wait_s:g}). Nothing was committed or dead-lettered:"
-            " the pairs are delivered again to the next run"
+            " on a broker that outlives this run (not the embedded one, whose topics end with"
+            " it) the pairs are delivered again to the next run"
         )
 
     def handle(batch: list[Message[ResponsePair]]) -> None:
@@ -72,7 +73,8 @@ def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProce
             return
         payload = [m.record.model_dump(mode="json") for m in todo]
         labeled = wait_for_service(lambda: labeler.label.remote(payload), wait_s,
-                                   "labeler: the labeler deployment", gave_up)  # fmt: skip
+                                   "labeler: the labeler deployment", gave_up,
+                                   stopping=lambda: processor.stopping())  # fmt: skip
         if len(labeled) != len(todo):
             raise RuntimeError(f"labeler returned {len(labeled)} labels for {len(todo)} pairs")
         for d in labeled:
@@ -80,7 +82,7 @@ def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProce
             writer.send(labels_topic, lp, key=lp.pair_id)
         writer.flush()  # acknowledged before the processor commits the pairs' offsets
 
-    return stream_processor(
+    processor = stream_processor(
         settings,
         bootstrap,
         group=GROUP,
@@ -92,3 +94,4 @@ def make_bridge(settings: Settings, bootstrap: str, labeler: Any) -> StreamProce
         writer=writer,
         ledger=ledger,
     )
+    return processor

@@ -136,7 +136,7 @@ class StreamProcessor(Generic[R]):
                 return len(raw_msgs)
             except BrokerTrouble as e:
                 cause = e.__cause__ or e
-                if self._wait_for_broker(cause, "write") == "consumer-rebuilt" or self._stopping():
+                if self._wait_for_broker(cause, "write") == "consumer-rebuilt" or self.stopping():
                     # The batch stays uncommitted: it is delivered again, and its outputs
                     # already written are skipped by the ledger (or were idempotent).
                     return 0
@@ -296,7 +296,8 @@ class StreamProcessor(Generic[R]):
                  self.stage, n, self.ledger.topic)  # fmt: skip
         self._recovered |= {TopicPartition(m.topic, m.partition) for m in fresh}
 
-    def _stopping(self) -> bool:
+    def stopping(self) -> bool:
+        """A stop was asked for (a handler waiting on a service gives up at once)."""
         return self._stop is not None and self._stop.is_set()
 
     def _wait_for_broker(self, e: BaseException, during: str) -> str:

@@ -32,8 +32,11 @@ def is_service_error(e: BaseException) -> bool:
     from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
     from ray.serve.exceptions import RayServeException
 
-    if isinstance(e, RayTaskError):  # the replica's code raised: the request's error
-        return False
+    if isinstance(e, RayTaskError):  # the replica's code raised: the request's error,
+        # unless its own call to another deployment failed so (a grader replica died under
+        # the labeler): then the service failed, one level down
+        cause = getattr(e, "cause", None)
+        return isinstance(cause, BaseException) and cause is not e and is_service_error(cause)
     # TimeoutError: Serve's own when a call is not even assigned to a replica in time (an
     # app deleted or still deploying), and Ray's GetTimeoutError (a subclass) for a reply.
     return isinstance(e, (RayActorError, TimeoutError, ObjectLostError, RayServeException))
@@ -46,13 +49,15 @@ def wait_for_service(
     gave_up: Callable[[float, int, BaseException], ServiceUnavailable],
     first: Any = None,
     sleep: Callable[[float], None] = time.sleep,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Any:
     """The result of a Serve call (``first``, a response already sent, else ``send()``),
     sent again with backoff after a service error until ``wait_s`` has passed; then
     ``gave_up(waited_s, attempts, last_error)`` is raised. ``what`` names the call in the
     log. Other errors are raised at once. The reply itself must come within ``wait_s`` of
     the first call: a call to an app that was deleted waits for it to come back rather than
-    failing, so only a deadline ends it."""
+    failing, so only a deadline ends it. ``stopping()`` true (a stop was asked for) ends the
+    wait after a failed attempt, with ``gave_up``, instead of backing off again."""
     started = time.monotonic()
     delay, attempt = 0.5, 0
     response = first
@@ -68,10 +73,12 @@ def wait_for_service(
                 raise
             response = None
             waited = time.monotonic() - started
-            if waited >= wait_s:
+            if waited >= wait_s or stopping():
                 raise gave_up(waited, attempt, e) from e
             pause = min(delay, wait_s - waited)
             log.warning("%s failed (%s: %s); retrying in %.1f s (attempt %d, gives up after"
                         " %.0f s)", what, type(e).__name__, e, pause, attempt, wait_s)  # fmt: skip
             sleep(pause)
+            if stopping():
+                raise gave_up(time.monotonic() - started, attempt, e) from e
             delay = min(delay * 2, MAX_BACKOFF_S)

@@ -74,3 +74,26 @@ def test_the_requests_own_error_is_raised_at_once() -> None:
     with pytest.raises(ValueError):  # as the replica raised it (its text is the traceback)
         wait_for_service(send, 60.0, "test", gave_up, sleep=lambda s: None)
     assert len(send.sent) == 1
+
+
+def test_a_dead_replica_one_deployment_down_is_the_services_failure() -> None:
+    # The labeler's replica calls the grader deployment; the grader's replica died: the
+    # labeler's call fails with a RayTaskError around the ActorDiedError.
+    wrapped = RayTaskError("label", "traceback", ActorDiedError()).as_instanceof_cause()
+    send = sender([Reply(error=wrapped), Reply("ok")])
+    got = wait_for_service(send, 60.0, "test", gave_up, sleep=lambda s: None)
+    assert got == "ok" and len(send.sent) == 2
+
+
+def test_a_stop_ends_the_wait_without_backing_off_again() -> None:
+    send = sender([Reply(error=ActorDiedError()) for _ in range(10)])
+    pauses: list[float] = []
+    stop = [False]
+
+    def pause(s: float) -> None:
+        pauses.append(s)
+        stop[0] = True  # Ctrl-C during the first backoff
+
+    with pytest.raises(Down, match="after 1 attempts"):
+        wait_for_service(send, 300.0, "test", gave_up, sleep=pause, stopping=lambda: stop[0])
+    assert len(send.sent) == 1 and pauses == [0.5]
