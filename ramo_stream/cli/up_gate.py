@@ -64,26 +64,33 @@ def count_lines(files: tuple[Path, ...], limit: int | None) -> int:
 
 def waiting_on_topic(settings: Settings, bootstrap: str) -> int:
     """Pairs on the pairs topic that neither the labeler nor the gate has committed (a broker
-    that outlives `ramo up` keeps them from before); 0 when it cannot be read. Partition
-    ends are fetch high watermarks (``TopicCounts``: exact on tansu too)."""
+    that outlives `ramo up` keeps them from before); 0 when it cannot be read."""
     from ramo_stream.label.bridge import GROUP
+
+    left = uncommitted(settings, bootstrap, settings.topics.pairs, [GROUP, settings.select.group])
+    return left or 0
+
+
+def uncommitted(settings: Settings, bootstrap: str, topic: str, groups: list[str]) -> int | None:
+    """Records on ``topic`` past the furthest offset any of ``groups`` committed on the
+    broker, partition by partition; None when it cannot be read. Partition ends are fetch
+    high watermarks (``TopicCounts``: exact on tansu too)."""
     from ramo_stream.stream.kafka_io import TopicCounts, make_consumer
 
-    topic = settings.topics.pairs
     counts = TopicCounts(bootstrap, settings.kafka, [topic])
     counts.sample(wait_s=5.0)
     consumers = []
     try:
         done: dict[Any, int] = {}
-        for group in (GROUP, settings.select.group):
+        for group in groups:
             c = make_consumer(bootstrap, settings.kafka, group)
             consumers.append(c)
             for tp in counts.ends.known():
                 done[tp] = max(done.get(tp, 0), c.committed(tp) or 0)
         return sum(max(0, (counts.ends.get(tp) or 0) - n) for tp, n in done.items())
-    except Exception as e:  # noqa: BLE001 - an estimate; the decision says it was 0
-        log.info("up: cannot read the pairs waiting on %s: %s", topic, e)
-        return 0
+    except Exception as e:  # noqa: BLE001 - the caller decides what unknown means
+        log.info("up: cannot read what is left on %s: %s", topic, e)
+        return None
     finally:
         for c in consumers:
             with contextlib.suppress(Exception):
@@ -120,6 +127,23 @@ class Labeling:
     bridge: Any  # the bridge's StreamProcessor
     gate: Any | None  # a GateRunner, or None
     pace: LabelerPace
+    settings: Settings | None = None  # with bootstrap: to read what is left from the broker
+    bootstrap: str | None = None
+
+    def left_on_broker(self) -> int | None:
+        """Accepted pairs not labeled yet, from the offsets the gate's and the labeler's
+        groups committed on the broker (partitions this run never read included); None
+        when it cannot be read."""
+        from ramo_stream.label.bridge import GROUP
+
+        if self.settings is None or self.bootstrap is None:
+            return None
+        s, t = self.settings, self.settings.topics
+        if self.gate is None:
+            return uncommitted(s, self.bootstrap, t.pairs, [GROUP])
+        ungated = uncommitted(s, self.bootstrap, t.pairs, [s.select.group])
+        selected = uncommitted(s, self.bootstrap, t.selected, [GROUP])
+        return None if ungated is None or selected is None else ungated + selected
 
     def budget_text(self) -> str:
         return self.gate.gate.budget_text() if self.gate is not None else "-"
@@ -187,4 +211,4 @@ def start_labeling(
     else:
         bridge = make_bridge(settings, bootstrap, labeler)
     timed(bridge, pace)
-    return Labeling(bridge, runner, pace)
+    return Labeling(bridge, runner, pace, settings, bootstrap)

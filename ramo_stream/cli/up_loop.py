@@ -201,6 +201,16 @@ def _unlabeled(snap: Any, labeling: Any) -> int:
     return ungated + max(0, (snap.selected or 0) - _committed(labeling.bridge))
 
 
+def _nothing_left(snap: Any, labeling: Any) -> bool:
+    """Every accepted pair labeled. This run's commits answer first; they count a partition
+    this run never read as all unlabeled (a broker that outlives `ramo up` keeps earlier
+    pairs), so a nonzero count is checked against the groups' offsets on the broker."""
+    if _unlabeled(snap, labeling) == 0:
+        return True
+    read = getattr(labeling, "left_on_broker", None)
+    return read is not None and read() == 0
+
+
 def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> int:
     """Run the loop until stopped; 0 on a clean stop, 1 if a component failed."""
     import signal
@@ -355,7 +365,7 @@ def _watch(
     processor = labeling.bridge
     selector = settings.labeling.selector
     hint = "Ctrl-C stops (a final version is published first)"
-    last_change, last_key = time.monotonic(), None
+    last_change, last_key, last_check = time.monotonic(), None, 0.0
     while not stop.wait(options.view_every_s):
         for part in parts:
             if part.error is not None:
@@ -371,10 +381,12 @@ def _watch(
             last_change, last_key = time.monotonic(), key
         idle = options.exit_when_idle_s
         if (idle is not None and not ingest.running and time.monotonic() - last_change > idle
-                and _unlabeled(snap, labeling) == 0):  # fmt: skip
-            print(f"every pair labeled and nothing moved for {idle:.0f} s: stopping", file=out,
-                  flush=True)  # fmt: skip
-            return None, True
+                and time.monotonic() - last_check > idle):  # fmt: skip
+            last_check = time.monotonic()  # a broker read at most once per idle window
+            if _nothing_left(snap, labeling):
+                print(f"every pair labeled and nothing moved for {idle:.0f} s: stopping",
+                      file=out, flush=True)  # fmt: skip
+                return None, True
     return None, False
 
 

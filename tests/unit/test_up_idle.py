@@ -40,7 +40,9 @@ def parts() -> list[Component]:
     return [Component("ingest"), *running]
 
 
-def watch(view: FakeView, committed: int, stop_after_s: float) -> tuple[Any, bool, float]:
+def watch(
+    view: FakeView, committed: int, stop_after_s: float, on_broker: int | None = None
+) -> tuple[Any, bool, float]:
     settings = load_settings(None, {})
     stop = threading.Event()
     timer = threading.Timer(stop_after_s, stop.set)
@@ -50,6 +52,8 @@ def watch(view: FakeView, committed: int, stop_after_s: float) -> tuple[Any, boo
     try:
         options = UpOptions(exit_when_idle_s=0.2, view_every_s=0.05)
         labeling = SimpleNamespace(gate=None, bridge=bridge(committed))
+        if on_broker is not None:  # what the groups' offsets on the broker say is left
+            labeling.left_on_broker = lambda: on_broker
         failed, idle = _watch(view, settings, options, stop, io.StringIO(), ps, labeling)
     finally:
         timer.cancel()
@@ -67,3 +71,17 @@ def test_pairs_waiting_for_a_slow_labeler_are_not_idle() -> None:
 def test_idle_once_every_pair_is_labeled_and_nothing_moves() -> None:
     failed, idle, took = watch(FakeView(pairs=10, labels=10), committed=10, stop_after_s=10)
     assert failed is None and idle and took < 5
+
+
+def test_pairs_of_an_earlier_run_already_labeled_are_not_waiting() -> None:
+    # A broker that outlives `ramo up`: 10 pairs on the topic, this run committed 4 of them
+    # (the rest were labeled by an earlier run, on partitions this run never read).
+    failed, idle, took = watch(FakeView(pairs=10, labels=4), committed=4, stop_after_s=10,
+                               on_broker=0)  # fmt: skip
+    assert failed is None and idle and took < 5
+
+
+def test_pairs_left_on_the_broker_keep_the_loop_running() -> None:
+    failed, idle, took = watch(FakeView(pairs=10, labels=4), committed=4, stop_after_s=1.5,
+                               on_broker=6)  # fmt: skip
+    assert failed is None and not idle and took >= 1.4
