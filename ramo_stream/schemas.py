@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -85,6 +86,16 @@ class ChatMessage(BaseModel):
 
 
 Prompt = Text | Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+
+
+def prompt_to_wire(prompt: str | Sequence[ChatMessage]) -> str | list[dict[str, Any]]:
+    """A prompt as plain data, for a call between Serve deployments."""
+    return prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
+
+
+def prompt_from_wire(prompt: str | Sequence[dict[str, Any]]) -> str | list[ChatMessage]:
+    """``prompt_to_wire`` undone on the receiving replica."""
+    return prompt if isinstance(prompt, str) else [ChatMessage.model_validate(m) for m in prompt]
 
 
 def content_pair_id(prompt: str | list[ChatMessage] | list[dict[str, Any]], a: str, b: str) -> str:

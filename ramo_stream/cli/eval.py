@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ramo_stream.config import Settings
+from ramo_stream.core.propositions import RESPONSE_TYPES
 
 _SHOWN_ERRORS = 5
 
@@ -174,8 +175,8 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     untyped = [e.line for e in examples if e.response_type is None]
     if args.rbr and untyped:
-        print(f"error: --rbr needs a response_type in every row (comply, hard_refuse,"
-              f" safe_refuse_1 or safe_refuse_2: it picks the RBR weights); lines"
+        print(f"error: --rbr needs a response_type in every row (one of"
+              f" {', '.join(RESPONSE_TYPES)}: it picks the RBR weights); lines"
               f" {', '.join(map(str, untyped[:10]))}{' ...' if len(untyped) > 10 else ''}"
               f" ({len(untyped)} of {len(examples)}) have none", file=sys.stderr)  # fmt: skip
         return 2

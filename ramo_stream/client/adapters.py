@@ -35,6 +35,7 @@ from typing import Any
 
 from ramo_stream.client.protocol import DEFAULT_URL, ClientOptions, PromptLike, content_text
 from ramo_stream.client.sync_client import RewardClient
+from ramo_stream.core.propositions import RESPONSE_TYPES
 
 ClientOrUrl = RewardClient | str
 
@@ -77,8 +78,8 @@ def rbr_types(
     if values is None:
         if rbr:
             raise ValueError(
-                f"rbr=True needs each sample's response type (comply, hard_refuse,"
-                f" safe_refuse_1, safe_refuse_2), read from {where}; add it to the data,"
+                f"rbr=True needs each sample's response type (one of"
+                f" {', '.join(RESPONSE_TYPES)}), read from {where}; add it to the data,"
                 " or pass rbr=False"
             )
         return None

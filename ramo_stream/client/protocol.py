@@ -245,8 +245,9 @@ class ScoreResult:
     rewards: list[float]
     model_versions: list[int]
     model_version: int | None
-    rbr_version: str | None = None
-    explain: list[ItemParts] | None = None
+    # keyword-only: RemoteRewardResult's scores and extra_logs keep their positions
+    rbr_version: str | None = field(default=None, kw_only=True)
+    explain: list[ItemParts] | None = field(default=None, kw_only=True)
 
     @property
     def mixed_versions(self) -> bool:

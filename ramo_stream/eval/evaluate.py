@@ -367,7 +367,8 @@ def score_remote(
         started = time.monotonic()
         try:
             with client_for(timeout, len(part)) as client:
-                rewards = client.score(part, model_version=version, rbr=rbr or None).rewards
+                # rbr=False asks for rm alone even where serve.rbr=default
+                rewards = client.score(part, model_version=version, rbr=rbr).rewards
         except RewardServiceError as e:
             if e.status is not None and e.status not in RETRY_STATUSES:
                 raise  # the request's fault (4xx) or the model's (500): no retry helps

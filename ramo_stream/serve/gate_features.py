@@ -38,7 +38,7 @@ from ray.serve import Application
 
 from ramo_stream.config import Settings
 from ramo_stream.label.serve_app import LabelerAppArgs
-from ramo_stream.schemas import ChatMessage
+from ramo_stream.schemas import ChatMessage, prompt_from_wire, prompt_to_wire
 from ramo_stream.stream.messages import ServiceUnavailable
 from ramo_stream.stream.service_call import wait_for_service
 
@@ -50,14 +50,6 @@ APP = "select"  # the Serve app's name in `ramo up`
 class FeaturesUnavailable(ServiceUnavailable):
     """The gate's features deployment did not deploy, or did not answer within
     ``select.features_wait_s``."""
-
-
-def _prompt_json(prompt: str | Sequence[ChatMessage]) -> str | list[dict[str, Any]]:
-    return prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
-
-
-def _prompt(p: str | list[dict[str, Any]]) -> str | list[ChatMessage]:
-    return p if isinstance(p, str) else [ChatMessage.model_validate(m) for m in p]
 
 
 @serve.deployment
@@ -93,7 +85,7 @@ class GateFeaturesDeployment:
         except RegistryError as e:  # pruned since the gate asked: answer with CURRENT
             log.warning("select: cannot load version %s (%s); answering with CURRENT", version, e)
             self.served.refresh(time.monotonic(), force=True)
-        prompts = [_prompt(p) for p in rows["prompt"]]
+        prompts = [prompt_from_wire(p) for p in rows["prompt"]]
         f = self.served.featurizer.pairs(prompts, rows["a"], rows["b"])
         return {"x": f.x.numpy(), "p": f.p.numpy(), "reward_a": f.reward_a,
                 "reward_b": f.reward_b, **self._describe()}  # fmt: skip
@@ -200,7 +192,7 @@ class RemoteServedModel:
             return PairFeatures(empty, torch.zeros(0, dtype=torch.float64), [], [])
         size = max(math.ceil(n / self.replicas), self.settings.select.batch)
         chunks = [range(i, min(i + size, n)) for i in range(0, n, size)]
-        rows = [{"prompt": [_prompt_json(prompts[i]) for i in c], "a": [a[i] for i in c],
+        rows = [{"prompt": [prompt_to_wire(prompts[i]) for i in c], "a": [a[i] for i in c],
                  "b": [b[i] for i in c]} for c in chunks]  # fmt: skip
         # All requests go out before the first reply is awaited: the replicas work at once.
         sent = [self.handle.pairs.remote(r, version) for r in rows]
@@ -241,5 +233,6 @@ class RemoteServedModel:
             f" for {waited:.0f} s ({attempts} attempts; last: {type(e).__name__}: {e}). Its"
             " replicas' logs are under Ray's logs (serve/replica_*); if it was only slow, raise"
             f" select.features_wait_s ({self.settings.select.features_wait_s:g}). Nothing was"
-            " committed: the poll is delivered again to the next run"
+            " committed: on a broker that outlives this run (not the embedded one) the poll is"
+            " delivered again to the next run"
         )

@@ -25,16 +25,11 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ramo_stream.schemas import prompt_from_wire, prompt_to_wire
 from ramo_stream.serve.reward_protocol import DeadlineExceeded, Unavailable
 from ramo_stream.serve.reward_service import TypedItem
 
 log = logging.getLogger(__name__)
-
-
-def _prompt(p: Any) -> Any:
-    from ramo_stream.schemas import ChatMessage
-
-    return p if isinstance(p, str) else [ChatMessage.model_validate(m) for m in p]
 
 
 @serve.deployment
@@ -50,7 +45,7 @@ class RBRDeployment:
         return {"version": self.scorer.version, "grader": self.scorer.grader.name}
 
     def _score(self, items: list[TypedItem]) -> tuple[list[float], list[dict[str, float]], str]:
-        typed = [(_prompt(p), r, t) for p, r, t in items]
+        typed = [(prompt_from_wire(p), r, t) for p, r, t in items]
         values, probs = self.scorer.score(typed)
         return values, probs, self.scorer.version
 
@@ -70,8 +65,7 @@ class HandleRBR:
     async def score(
         self, items: list[TypedItem], timeout_s: float | None = None
     ) -> tuple[list[float], list[dict[str, float]], str]:
-        payload = [(p if isinstance(p, str) else [m.model_dump() for m in p], r, t)
-                   for p, r, t in items]  # fmt: skip
+        payload = [(prompt_to_wire(p), r, t) for p, r, t in items]
         started = time.monotonic()
         call = self.handle.score.remote(payload)
         try:
