@@ -167,11 +167,16 @@ def main() -> None:
                     help="Which to run: trained, zero-shot or both (comma-separated), or"
                     " none (only rewrite the report); the report shows every grader run so"
                     " far with its command")  # fmt: skip
+    ap.add_argument("--calibrate", choices=["on", "off"],
+                    help="labeling.calibrate for the pairwise labels (default: the"
+                    " grader's own, on for LLM graders, off for the classifier)")  # fmt: skip
     args = ap.parse_args()
     if not (DATA / "grader").is_dir():
         sys.exit(f"skipped: {DATA} lacks the human-labelled sets (see ../shared/data/README.md)")
     torch.set_num_threads(args.threads)
     settings = load_settings()
+    if args.calibrate:
+        settings.labeling.calibrate = args.calibrate == "on"
     pool = load_pool(settings.paths.rule_pool)
     fuzz = gptfuzz_examples(DATA / TRAIN_FILES["gptfuzz"], pool, "test", 0.0, args.seed)
     random.Random(args.seed).shuffle(fuzz)
@@ -219,7 +224,8 @@ def main() -> None:
         rl["propositions"] = proposition_level(grader, props, prop_rows[:n_prop])
         labeler, selector = deployed_labeler(grader, pool, settings)
         pw = pairwise(labeler, {k: v[:n_pairs] for k, v in slices.items()})
-        kind = title.split(":")[0]
+        kind = title.split(":")[0] + (f", calibrate {args.calibrate}" if args.calibrate else "")
+        title = title.replace(":", f", calibrate {args.calibrate}:", 1) if args.calibrate else title
         saved[kind] = {
             "title": title, "rule_level": rl, "selector": selector, "pairwise": pw,
             "seconds": time.perf_counter() - t0,
