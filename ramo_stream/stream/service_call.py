@@ -29,14 +29,16 @@ MAX_BACKOFF_S = 10.0
 def is_service_error(e: BaseException) -> bool:
     """A failure of the deployment, not of the request: a replica died or is unreachable,
     the reply did not come in time, Serve refused or cancelled it, its result was lost."""
-    from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+    from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
     from ray.serve.exceptions import RayServeException
 
     if isinstance(e, RayTaskError):  # the replica's code raised: the request's error,
-        # unless its own call to another deployment failed so (a grader replica died under
-        # the labeler): then the service failed, one level down
+        # unless it is Ray's own from the replica's call to another deployment (a grader
+        # replica died under the labeler): the service failed, one level down. A plain
+        # TimeoutError raised there stays the request's.
         cause = getattr(e, "cause", None)
-        return isinstance(cause, BaseException) and cause is not e and is_service_error(cause)
+        return isinstance(cause, (RayActorError, GetTimeoutError, ObjectLostError,
+                                  RayServeException))  # fmt: skip
     # TimeoutError: Serve's own when a call is not even assigned to a replica in time (an
     # app deleted or still deploying), and Ray's GetTimeoutError (a subclass) for a reply.
     return isinstance(e, (RayActorError, TimeoutError, ObjectLostError, RayServeException))
