@@ -9,7 +9,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,16 @@ from ramo_stream.stream.kafka_io import TopicWriter, make_producer, read_topic
 pytestmark = pytest.mark.integration
 
 
+class Reply:
+    """What a Serve handle's ``remote()`` returns: ``result(timeout_s=...)``."""
+
+    def __init__(self, value: list[dict[str, Any]]) -> None:
+        self.value = value
+
+    def result(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
+        return self.value
+
+
 class StandInLabeler:
     """``label.remote(payload).result()`` like a Serve handle; always prefers A."""
 
@@ -31,15 +40,13 @@ class StandInLabeler:
         self.label = self
         self.calls = 0
 
-    def remote(self, payload: list[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
+    def remote(self, payload: list[dict[str, Any]]) -> Reply:
         self.calls += 1
-        out: Future[list[dict[str, Any]]] = Future()
-        out.set_result([
+        return Reply([
             LabeledPair(pair=ResponsePair.model_validate(p), preferred="a", margin=0.5,
                         labeler="stand-in").model_dump(mode="json")
             for p in payload
         ])  # fmt: skip
-        return out
 
 
 class Crash(BaseException):
