@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from ramo_stream.stream.kafka_io import read_topic
+from ramo_stream.config import KafkaSettings
+from ramo_stream.schemas import ResponsePair
+from ramo_stream.stream.kafka_io import TopicWriter, make_producer, read_topic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -21,6 +23,31 @@ def shared_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is absent: the shared human-labelled data is not next to the repo")
     return path
+
+
+def send_pairs(bootstrap: str, topic: str, pairs: list[ResponsePair]) -> None:
+    """Write pairs keyed by pair_id and wait for the acknowledgements."""
+    producer = make_producer(bootstrap, KafkaSettings())
+    writer = TopicWriter(producer)
+    for p in pairs:
+        writer.send(topic, p, key=p.pair_id)
+    writer.flush()
+    producer.close()
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """Process ids of a Serve app's replicas of one deployment (by their process title)."""
+    import psutil
+
+    title = f"ServeReplica:{app}:{deployment}"
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(title in part for part in p.info["cmdline"] or []):
+                pids.append(p.pid)
+        except psutil.Error:
+            pass
+    return pids
 
 
 def read_all(broker: str, topic: str) -> list[bytes]:

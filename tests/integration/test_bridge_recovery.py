@@ -18,7 +18,8 @@ from ramo_stream.config import Settings, load_settings
 from ramo_stream.label.bridge import make_bridge
 from ramo_stream.schemas import LabeledPair, ResponsePair
 from ramo_stream.stream.broker import EmbeddedBroker, ensure_topics, free_port
-from ramo_stream.stream.kafka_io import TopicWriter, make_producer, read_topic
+from ramo_stream.stream.kafka_io import read_topic
+from tests.helpers import send_pairs
 
 pytestmark = pytest.mark.integration
 
@@ -59,15 +60,6 @@ def settings_for(tmp_path: Path, topics: dict[str, str]) -> Settings:
         "paths.cache_dir": str(tmp_path), "labeling.pair_batch": 4,
         "kafka.retry_backoff_s": 0.2,
     })  # fmt: skip
-
-
-def send_pairs(bootstrap: str, topic: str, pairs: list[ResponsePair]) -> None:
-    producer = make_producer(bootstrap, Settings().kafka)
-    w = TopicWriter(producer)
-    for p in pairs:
-        w.send(topic, p, key=p.pair_id)
-    w.flush()
-    producer.close()
 
 
 def labels_on(bootstrap: str, topic: str) -> Counter[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import replica_pids
 from tests.integration import test_reward_service as base
 from tests.integration.test_reward_service import TOKEN, Lineage, health_version, wait_for
 
@@ -174,16 +175,8 @@ def test_overload_is_shed_at_once_with_retry_after(
           f" {shed_median * 1000:.0f} ms)")  # fmt: skip
 
 
-def _replica_pids(app: str) -> list[int]:
-    title = f"ServeReplica:{app}:RewardModelServer"
-    pids = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(title in part for part in p.info["cmdline"] or []):
-                pids.append(p.pid)
-        except psutil.Error:
-            pass
-    return pids
+def _pids() -> list[int]:
+    return replica_pids("crash", "RewardModelServer")
 
 
 @pytest.mark.timeout(300)
@@ -198,8 +191,8 @@ def test_sigkill_of_the_replica_under_load_loses_no_unpinned_request(
     lineage.publish()
     url = deploy("crash", lineage.root)
     wait_for(lambda: health_version(url) == 1, 60, "v1 served")
-    wait_for(lambda: len(_replica_pids("crash")) == 1, 30, "the replica's process found")
-    (victim,) = _replica_pids("crash")
+    wait_for(lambda: len(_pids()) == 1, 30, "the replica's process found")
+    (victim,) = _pids()
     stop = threading.Event()
     outcomes: list[tuple[float, str]] = []  # (time, "ok" or the error), client with retries
     raw: list[tuple[float, int, str]] = []  # (time, status, body), plain HTTP without retries
@@ -240,7 +233,7 @@ def test_sigkill_of_the_replica_under_load_loses_no_unpinned_request(
         time.sleep(2.0)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: any(p != victim for p in _replica_pids("crash")), 60, "a new replica")
+        wait_for(lambda: any(p != victim for p in _pids()), 60, "a new replica")
         wait_for(lambda: any(t > killed_at and s == 200 for t, s, _ in health), 90,
                  "healthy again")  # fmt: skip
         recovered_at = next(t for t, s, _ in health if t > killed_at and s == 200)

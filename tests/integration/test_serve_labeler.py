@@ -13,7 +13,7 @@ from ramo_stream.config import KafkaSettings, load_settings
 from ramo_stream.schemas import DeadLetter, LabeledPair, ResponsePair
 from ramo_stream.stream.kafka_io import TopicWriter, make_producer
 from ramo_stream.stream.serde import encode
-from tests.helpers import read_all
+from tests.helpers import read_all, send_pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ray = pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
@@ -118,12 +118,7 @@ def test_attach_runs_only_the_bridge_and_leaves_the_app_running(
                      response_b="Sure.", source="test")
         for a, b in (("bleach", "ammonia"), ("water", "salt"), ("vinegar", "baking soda"))
     ]  # fmt: skip
-    producer = make_producer(broker, KafkaSettings())
-    writer = TopicWriter(producer)
-    for p in pairs:
-        writer.send(pairs_topic, p, key=p.pair_id)
-    writer.flush()
-    producer.close()
+    send_pairs(broker, pairs_topic, pairs)
 
     app = "labeler-attached"
     serve.run(build_app(LabelerAppArgs(overrides=flat_settings(settings))), name=app,
@@ -180,12 +175,7 @@ def test_a_labeler_app_that_is_gone_stops_the_bridge_with_nothing_dead_lettered(
                      response_b="No idea.", source="test")
         for x in ("rice", "kale")
     ]  # fmt: skip
-    producer = make_producer(broker, KafkaSettings())
-    writer = TopicWriter(producer)
-    for p in pairs:
-        writer.send(pairs_topic, p, key=p.pair_id)
-    writer.flush()
-    producer.close()
+    send_pairs(broker, pairs_topic, pairs)
 
     app = "labeler-gone"
     handle = serve.run(build_app(LabelerAppArgs(overrides=flat_settings(settings))), name=app,

@@ -18,7 +18,7 @@ import pytest
 
 from ramo_stream.schemas import LabeledPair, ResponsePair
 from ramo_stream.stream.broker import free_port
-from tests.helpers import read_all
+from tests.helpers import read_all, replica_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -102,18 +102,8 @@ def test_ramo_up_with_the_gate_labels_exactly_the_selected_pairs(
     print(f"\n{found.group(0)}")
 
 
-def _replica_pids(app: str) -> list[int]:
-    import psutil
-
-    title = f"ServeReplica:{app}:GateFeaturesDeployment"
-    pids = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(title in part for part in p.info["cmdline"] or []):
-                pids.append(p.pid)
-        except psutil.Error:
-            pass
-    return pids
+def _pids(app: str) -> list[int]:
+    return replica_pids(app, "GateFeaturesDeployment")
 
 
 @pytest.mark.timeout(400)
@@ -161,7 +151,7 @@ def test_a_killed_features_replica_loses_no_pair_and_a_dead_app_is_a_clear_error
     model = RemoteServedModel(handle, settings, app=app)
     processor, gate = make_gate(settings, broker, model)
     try:
-        (victim,) = _replica_pids(app)
+        (victim,) = _pids(app)
         errors: list[BaseException] = []
 
         def sort() -> None:
@@ -179,7 +169,7 @@ def test_a_killed_features_replica_loses_no_pair_and_a_dead_app_is_a_clear_error
         os.kill(victim, signal.SIGKILL)
         thread.join(300)
         assert not thread.is_alive() and not errors, errors
-        assert _replica_pids(app) and _replica_pids(app) != [victim]  # Serve restarted it
+        assert _pids(app) and _pids(app) != [victim]  # Serve restarted it
 
         selected = [
             ResponsePair.model_validate_json(v) for v in read_all(broker, names["selected"])
