@@ -13,7 +13,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -38,6 +37,7 @@ from ramo_stream.config.sections import (
     TrainSettings,
 )
 from ramo_stream.config.serving import SelectSettings, ServeSettings, is_loopback
+from ramo_stream.core.yaml_file import read_yaml
 
 __all__ = [
     "MASK", "SECRET", "BrokerSettings", "GraderSettings", "KafkaSettings", "LabelingSettings",
@@ -61,16 +61,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = _YAML_FILE.get()
         if path is None:
             return {}
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError as e:
-            raise ValueError(
-                f"config file {path} does not exist; fix --config or RAMO_CONFIG"
-            ) from e
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"config file {path} cannot be read: {e}") from e
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+        data = read_yaml(path, "config file", "fix --config or RAMO_CONFIG") or {}
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
         return data
