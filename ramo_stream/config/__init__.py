@@ -61,9 +61,10 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = _YAML_FILE.get()
         if path is None:
             return {}
-        data = read_yaml(path, "config file", "fix --config or RAMO_CONFIG") or {}
+        data = read_yaml(path, "config file", "fix --config or RAMO_CONFIG", SettingsError) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+            kind = type(data).__name__
+            raise SettingsError(f"config file {path} must hold a mapping, got {kind}")
         return data
 
 

@@ -199,3 +199,16 @@ def test_settings_fields_lists_every_key() -> None:
     by_key = {r[0]: r for r in rows}
     assert by_key["topics.partitions"][1:3] == ("int", 4)
     assert by_key["kafka.bootstrap_servers"][1:3] == ("str", None)
+
+
+def test_a_bad_config_file_is_a_one_line_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ramo_stream.cli.command import main
+
+    for path, says in ((tmp_path / "gone.yaml", "does not exist; fix --config"),
+                       (yaml_file(tmp_path, ["a"]), "must hold a mapping, got list")):  # fmt: skip
+        assert main(["rules", "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: config file {path}") and says in err
+        assert "Traceback" not in err
