@@ -284,6 +284,21 @@ def test_score_remote_pins_the_version_and_keeps_the_order() -> None:
     assert {json.loads(r.content)["model_version"] for r in requests} == {3}
 
 
+def test_score_remote_asks_for_rm_alone_unless_rbr() -> None:
+    # "rbr": false in every request, so a service deployed with serve.rbr=default does not
+    # add the Rule-Based Reward to what `ramo eval --url` (without --rbr) reports as rm.
+    from ramo_stream.client import RewardClient
+
+    requests: list[Any] = []
+
+    def client_for(timeout_s: float, items: int) -> Any:
+        return RewardClient("http://svc", transport=fake_service(requests), batch_size=items,
+                            timeout_s=timeout_s, retries=0)  # fmt: skip
+
+    score_remote(client_for, [Example(1, "Q", "good", "bad", "s")], 3)
+    assert requests and all(json.loads(r.content)["rbr"] is False for r in requests)
+
+
 def slow_service(requests: list[int], seconds_per_item: float, stuck_first: int = 0) -> Any:
     """A service scoring at a fixed rate; its first ``stuck_first`` requests time out."""
     httpx = pytest.importorskip("httpx", reason="the client extra (httpx) is not installed")
