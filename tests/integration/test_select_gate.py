@@ -249,5 +249,8 @@ def test_ramo_up_wiring_gate_then_labeler_labels_only_selected_pairs(
     # What `ramo up`'s select.enabled=auto counts as waiting on a broker that outlives it:
     # pairs neither the gate nor the labeler has committed.
     assert waiting_on_topic(settings, broker) == 0
+    # --exit-when-idle's check on such a broker: nothing left to sort or to label
+    assert labeling.left_on_broker() == 0
     produce(broker, names["pairs"], pairs(67)[60:])
     assert waiting_on_topic(settings, broker) == 7
+    assert labeling.left_on_broker() == 7  # not sorted by the gate yet
