@@ -340,7 +340,10 @@ def run_up(settings: Settings, options: UpOptions, out: TextIO = sys.stdout) -> 
         print(f"error: {failed.name} failed: {type(failed.error).__name__}: {failed.error}",
               file=sys.stderr)  # fmt: skip
         return 1
-    say("stopped: Serve, Ray and the broker are down")
+    if ephemeral:
+        say("stopped: Serve, Ray and the broker are down")
+    else:  # a broker this command found or was given: it keeps running, topics and all
+        say(f"stopped: Serve and Ray are down; the broker at {bootstrap} keeps running")
     return 0
 
 
