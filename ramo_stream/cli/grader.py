@@ -27,7 +27,8 @@ DEFAULT_DATA = _REPO.parent / "shared" / "data"
 # pairwise agreement on refusal_direction (0.985 -> 0.894) and CoCoNot (0.889 -> 0.852);
 # `--rows rbr_propositions=3000` builds that grader.
 DEFAULT_ROWS = {"gptfuzz": 1500, "refusal_direction": 400, "coconot": 400, "rbr_gold": 400,
-                "rbr_propositions": 0, "hh_harmless": 0, "llmbar": 0}  # fmt: skip
+                "rbr_propositions": 0, "hh_harmless": 0, "llmbar": 0,
+                "llmbar_follow": 0, "off_topic": 0, "cross_na": 0}  # fmt: skip
 SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "label" / "grading" / "trained"
 
 
@@ -77,6 +78,7 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
         PREFERENCE_SOURCES,
         TRAIN_FILES,
         grading_texts,
+        source_files,
         training_examples,
         training_pairs,
     )
@@ -140,7 +142,7 @@ def cmd_grader_train(args: argparse.Namespace, settings: Settings) -> int:
         "base_model": settings.models.encoder,
         "data_files": [  # the files rows were drawn from
             {"path": f, "sha256": sha256_file(data / f)}
-            for f in sorted({f for name, f in TRAIN_FILES.items() if rows.get(name, 1) > 0})
+            for f in sorted({f for name, n in rows.items() if n > 0 for f in source_files(name)})
         ],
         "rows_by_source": counts,
         "steps": len(losses),
@@ -238,9 +240,9 @@ def add_commands(sub: Any, parent: argparse.ArgumentParser) -> None:
                    " sources stay at 0 unless --rows names them).")  # fmt: skip
     p.add_argument("--rows", action="append", metavar="SOURCE=N",
                    help="Cap one source (gptfuzz, refusal_direction, coconot, rbr_gold,"
-                   " rbr_propositions,"
-                   " hh_harmless, llmbar: pairs);"
-                   " repeatable, applied after --rows-per-source.")  # fmt: skip
+                   " rbr_propositions, llmbar_follow, off_topic, cross_na;"
+                   " hh_harmless, llmbar: pairs); see grading/sources.py for what each is."
+                   " Repeatable, applied after --rows-per-source.")  # fmt: skip
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-layers", type=int, default=3, help="Top encoder layers trained.")
     p.add_argument("--lr", type=float, default=1e-4)

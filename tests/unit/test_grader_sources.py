@@ -12,6 +12,8 @@ from ramo_stream.core.propositions import load_propositions
 from ramo_stream.core.rules import load_pool
 from ramo_stream.core.stats import wilson_interval as wilson
 from ramo_stream.label.grading.sources import (
+    BENIGN_ONLY_RULES,
+    FOLLOW_RULE,
     GPTFUZZ_RULES,
     HELP_RULES,
     NA,
@@ -19,12 +21,16 @@ from ramo_stream.label.grading.sources import (
     PAIR_RULES,
     RBR_PROPOSITIONS,
     YES,
+    cross_na_examples,
+    follow_examples,
     gptfuzz_examples,
     grading_texts,
     held_out,
+    off_topic_examples,
     pair_examples,
     preference_examples,
     proposition_examples,
+    source_files,
     training_examples,
 )
 from ramo_stream.label.grading.train_classifier import ece
@@ -33,7 +39,7 @@ from ramo_stream.label.grading.train_classifier import ece
 def test_mapping_names_only_rules_of_the_shipped_pool() -> None:
     pool = load_pool(default_rule_pool())
     mapped = {r for rules in GPTFUZZ_RULES.values() for r in rules} | set(HELP_RULES)
-    mapped |= {r for r, _, _ in RBR_PROPOSITIONS.values()}
+    mapped |= {r for r, _, _ in RBR_PROPOSITIONS.values()} | {*BENIGN_ONLY_RULES, FOLLOW_RULE}
     assert mapped <= set(pool.ids)
     assert sorted(GPTFUZZ_RULES) == list(range(80))
     harm = {r.id for r in pool if r.kind == "harmless"}
@@ -174,3 +180,61 @@ def test_every_proposition_is_an_example_graded_by_its_own_text(tmp_path: Path) 
     _write(path, [{"prompt": prompt, "completion": "x", "propositions": gold}])
     with pytest.raises(ValueError, match="apology"):
         proposition_examples(path, props)
+
+
+def test_llmbar_follow_uses_the_pairwise_split_and_the_follow_rule(tmp_path: Path) -> None:
+    rows = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(300)]
+    path = _write(tmp_path / "llmbar.jsonl", rows)
+    train = follow_examples(path, "train")
+    # The same prompts as the pairwise benchmark holds out (source "llmbar"), never trained on.
+    held = {e.group for e in preference_examples(path, "llmbar", load_pool(default_rule_pool()),
+                                                 "test", seed=0)}  # fmt: skip
+    assert held and held.isdisjoint({e.group for e in train})
+    assert len(train) == 2 * (300 - len(held))
+    assert all(e.rule_id == FOLLOW_RULE for e in train)
+    assert all((e.answer == YES) == e.response.startswith("c") for e in train)
+
+
+def test_off_topic_pairs_a_prompt_with_its_nearest_neighbours_answer(tmp_path: Path) -> None:
+    topics = ["bake bread flour yeast", "train puppy leash walk", "tune guitar strings pitch"]
+    rows = [{"prompt": f"{t} question {i}", "chosen": f"answer to {t} {i}", "rejected": "no"}
+            for t in topics for i in range(40)]  # fmt: skip
+    a = _write(tmp_path / "a.jsonl", rows[:60])
+    b = _write(tmp_path / "b.jsonl", rows[60:])
+    out = off_topic_examples({"refusal_direction": a, "coconot": b}, "train")
+    assert out and all(e.answer == NO and e.rule_id == FOLLOW_RULE for e in out)
+    for e in out:
+        topic = e.prompt.split(" question ")[0]
+        assert e.response.startswith(f"answer to {topic}")  # a neighbour: same topic words
+        assert e.response != f"answer to {e.prompt.replace(' question ', ' ')}"  # not its own
+    # Neighbours come from the training side only: no held-out prompt's answer appears.
+    held = {
+        f"answer to {r['prompt'].replace(' question ', ' ')}"
+        for r in rows
+        if held_out("refusal_direction" if r in rows[:60] else "coconot", str(r["prompt"]))
+    }
+    assert held and held.isdisjoint({e.response for e in out})
+
+
+def test_cross_na_marks_the_other_kinds_rules_not_applicable(tmp_path: Path) -> None:
+    pool = load_pool(default_rule_pool())
+    (tmp_path / "grader").mkdir()
+    _write(tmp_path / "grader" / "gptfuzz_train.jsonl",
+           [{"prompt": f"harm {q}", "question_id": q, "response": "r", "jailbroken": False}
+            for q in range(80)])  # fmt: skip
+    for name in ("refusal_direction_benign_pairs", "coconot_pref"):
+        _write(
+            tmp_path / "grader" / f"{name}.jsonl",
+            [{"prompt": f"{name} {i}", "chosen": "c", "rejected": "r"} for i in range(50)],
+        )
+    out = cross_na_examples(tmp_path, pool, "train", seed=0)
+    assert out and all(e.answer == NA for e in out)
+    harmful = [e for e in out if e.prompt.startswith("harm")]
+    benign = [e for e in out if not e.prompt.startswith("harm")]
+    assert harmful and all(e.rule_id in BENIGN_ONLY_RULES for e in harmful)
+    assert benign and all(pool[e.rule_id].kind == "harmless" for e in benign)
+    assert not any(held_out("gptfuzz", e.group) for e in harmful)
+    assert source_files("cross_na") == ("grader/gptfuzz_train.jsonl",
+                                        "grader/refusal_direction_benign_pairs.jsonl",
+                                        "grader/coconot_pref.jsonl")  # fmt: skip
+    assert source_files("gptfuzz") == ("grader/gptfuzz_train.jsonl",)

@@ -22,6 +22,15 @@ How each source of ``../shared/data`` becomes examples:
   boolean is true. These are what Rule-Based Rewards grade; the example's rule id is
   ``prop:<id>`` (``PROP_PREFIX``), resolved by ``grading_texts``.
 - NA: a response with a harm rule of a category its question is not mapped to.
+- llmbar_follow (``llmbar_pairs.jsonl``, training prompts): LLMBar's gold criterion is
+  whether an output executes the instruction as given, which is rule help-002 ("answers the
+  question that was actually asked"): ``chosen`` follows it, ``rejected`` breaks it.
+- off_topic (refusal_direction and CoCoNot training prompts): each prompt with the answer
+  its most word-similar other prompt got, which breaks help-002: a fluent answer to a
+  neighbouring question (LLMBar's "neighbor" construction, from our own training rows).
+- cross_na (GPTFuzz, refusal_direction and CoCoNot training prompts): rules about benign
+  requests (``BENIGN_ONLY_RULES``) do not apply to a harmful question, and harm rules do
+  not apply to a benign request: NA, so neither kind votes on the other's pairs.
 - HH harmless, LLMBar (``hh_harmless_test.jsonl``, ``llmbar_pairs.jsonl``): pairwise human
   preferences with no rule-level label. They become ``PairExample``s: the pair with
   ``PAIR_RULES`` rules drawn at random from the pool, as the random-k selector draws them,
@@ -80,6 +89,10 @@ GPTFUZZ_RULES: dict[int, tuple[str, ...]] = {
 
 # Rules a good answer to a benign request follows and an over-refusal or a worse answer breaks.
 HELP_RULES: tuple[str, ...] = ("help-001", "help-002", "help-004", "help-006")
+# The instruction-following rule (LLMBar's criterion, off-topic answers break it).
+FOLLOW_RULE = "help-002"
+# Rules whose condition is a benign request: NA for a harmful question (cross_na).
+BENIGN_ONLY_RULES: tuple[str, ...] = ("help-001", "help-006", "help-007")
 
 # rbr_gold proposition -> (rule, answer when the proposition is true, when false).
 RBR_PROPOSITIONS: dict[str, tuple[str, Answer, Answer]] = {
@@ -188,6 +201,67 @@ def pair_examples(
     return out
 
 
+def follow_examples(path: Path, split: Literal["train", "test"]) -> list[Example]:
+    """LLMBar pairs: ``chosen`` follows the instruction-following rule, ``rejected`` breaks it."""
+    out = []
+    for row, key in split_rows(path, "llmbar", split):
+        prompt = str(row["prompt"])
+        out.append(Example("llmbar_follow", prompt, str(row["chosen"]), FOLLOW_RULE, YES, key))
+        out.append(Example("llmbar_follow", prompt, str(row["rejected"]), FOLLOW_RULE, NO, key))
+    return out
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(w for w in "".join(c.lower() if c.isalnum() else " " for c in text).split()
+                     if len(w) > 2)  # fmt: skip
+
+
+def off_topic_examples(paths: dict[str, Path], split: Literal["train", "test"]) -> list[Example]:
+    """Each prompt of ``paths`` (source -> file) on ``split``'s side with the ``chosen`` answer
+    of the other prompt sharing most words with it (Jaccard): it breaks ``FOLLOW_RULE``.
+    Neighbours come from the same side of the split, so no held-out answer is trained on."""
+    rows = [
+        (str(r["prompt"]), str(r["chosen"]), k)
+        for source, path in paths.items()
+        for r, k in split_rows(path, source, split)
+    ]
+    words = [_words(p) for p, _, _ in rows]
+    out = []
+    for i, (prompt, _, key) in enumerate(rows):
+        best, best_j = -1.0, -1
+        for j, w in enumerate(words):
+            if rows[j][0] == prompt:
+                continue
+            union = len(words[i] | w)
+            sim = len(words[i] & w) / union if union else 0.0
+            if sim > best:
+                best, best_j = sim, j
+        if best_j >= 0:
+            out.append(Example("off_topic", prompt, rows[best_j][1], FOLLOW_RULE, NO, key))
+    return out
+
+
+def cross_na_examples(
+    data: Path, pool: RulePool, split: Literal["train", "test"], seed: int
+) -> list[Example]:
+    """NA examples across kinds: a benign-request rule on a GPTFuzz (harmful) question, and a
+    harm rule on a refusal_direction or CoCoNot (benign) request, either response."""
+    rng = random.Random(seed)
+    harm = [r.id for r in pool if r.kind == "harmless" and not r.id.startswith("tone-")]
+    out = []
+    for row in read_jsonl(data / TRAIN_FILES["gptfuzz"]):
+        qid = str(row["question_id"])
+        if held_out("gptfuzz", qid) == (split == "test"):
+            rule = rng.choice(BENIGN_ONLY_RULES)
+            out.append(Example("cross_na", str(row["prompt"]), str(row["response"]), rule, NA, qid))
+    for source in ("refusal_direction", "coconot"):
+        for row, key in split_rows(data / TRAIN_FILES[source], source, split):
+            side = rng.choice(("chosen", "rejected"))
+            out.append(Example("cross_na", str(row["prompt"]), str(row[side]), rng.choice(harm),
+                               NA, key))  # fmt: skip
+    return out
+
+
 def rbr_examples(path: Path) -> list[Example]:
     """Every mapped proposition of every completion (the file decides train or test)."""
     out = []
@@ -265,6 +339,17 @@ TRAIN_FILES = {
     "llmbar": "llmbar_pairs.jsonl",
 }
 PREFERENCE_SOURCES = ("hh_harmless", "llmbar")  # trained pairwise (PairExample)
+# Sources derived from the files above (their rows' files, for the manifest).
+DERIVED_FILES = {
+    "llmbar_follow": ("llmbar",),
+    "off_topic": ("refusal_direction", "coconot"),
+    "cross_na": ("gptfuzz", "refusal_direction", "coconot"),
+}
+
+
+def source_files(name: str) -> tuple[str, ...]:
+    """The data files (relative to the shared data folder) a source's rows come from."""
+    return tuple(TRAIN_FILES[s] for s in DERIVED_FILES.get(name, (name,)))
 
 
 def training_examples(
@@ -279,7 +364,7 @@ def training_examples(
     proposition examples come only with ``props`` and a non-zero ``rbr_propositions`` limit."""
     missing = sorted(
         {r for rules in GPTFUZZ_RULES.values() for r in rules}.union(HELP_RULES)
-        .union(r for r, _, _ in RBR_PROPOSITIONS.values())
+        .union(r for r, _, _ in RBR_PROPOSITIONS.values()).union(BENIGN_ONLY_RULES, [FOLLOW_RULE])
         - set(pool.ids)
     )  # fmt: skip
     if missing:
@@ -296,6 +381,13 @@ def training_examples(
         "coconot": pair_examples(data / TRAIN_FILES["coconot"], "coconot", "train", seed),
         "rbr_gold": rbr_examples(data / TRAIN_FILES["rbr_gold"]),
     }
+    if limits.get("llmbar_follow", 0) > 0:
+        parts["llmbar_follow"] = follow_examples(data / TRAIN_FILES["llmbar"], "train")
+    if limits.get("off_topic", 0) > 0:
+        files = {s: data / TRAIN_FILES[s] for s in ("refusal_direction", "coconot")}
+        parts["off_topic"] = off_topic_examples(files, "train")
+    if limits.get("cross_na", 0) > 0:
+        parts["cross_na"] = cross_na_examples(data, pool, "train", seed)
     if props is not None and limits.get("rbr_propositions", 0) > 0:
         parts["rbr_propositions"] = proposition_examples(
             data / TRAIN_FILES["rbr_propositions"], props
