@@ -127,13 +127,21 @@ def proposition_level(grader: Any, props: Any, examples: list[Any]) -> dict[str,
 
 
 def pairwise(labeler: Labeler, slices: dict[str, list[ResponsePair]]) -> dict[str, list[int]]:
+    """[hits, n] per source, and per ``source/subset`` where a source has several subsets."""
     out: dict[str, list[int]] = {}
     for name, pairs in slices.items():
         hits = 0
+        by_subset: dict[str, list[int]] = {}
         for start in range(0, len(pairs), 4):
             for lp in labeler.label(pairs[start : start + 4]):
-                hits += int(lp.preferred == lp.pair.metadata.get("gold"))
+                hit = int(lp.preferred == lp.pair.metadata.get("gold"))
+                hits += hit
+                cell = by_subset.setdefault(f"{name}/{lp.pair.metadata.get('subset')}", [0, 0])
+                cell[0] += hit
+                cell[1] += 1
         out[name] = [hits, len(pairs)]
+        if len(by_subset) > 1:
+            out.update(sorted(by_subset.items()))
         print(f"  {name}: {fmt(hits, len(pairs))}", file=sys.stderr, flush=True)
     return out
 
@@ -309,6 +317,11 @@ def main() -> None:
             + " | ".join(fmt(*pw[k]) for k in PAIR_FILES)
             + f" | {secs:.0f} |"
         )
+    subsets = [(title, k, v) for title, _, _, pw, *_ in results for k, v in pw.items() if "/" in k]
+    if subsets:  # LLMBar's subsets differ in kind: natural pairs vs four adversarial ones
+        lines += ["", "By subset (same pairs):", "", "| grader | subset | agreement |",
+                  "|---|---|---|"]  # fmt: skip
+        lines += [f"| {title} | {k} | {fmt(*v)} |" for title, k, v in subsets]
     report = "\n".join(lines)
     print("\n" + report)
     (RESULTS / args.out).write_text(report + "\n")
