@@ -14,9 +14,15 @@ from ramo_stream.config import Settings
 
 _REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = _REPO.parent / "shared" / "data"
-# Rows per source (training split) and the defaults below: the shipped artifact, sized for
-# about 15 minutes on a shared 2-core CPU. GPTFuzz gets the most rows: harm judgments are
-# the hardest part (6,160 rows there; the other sources have 351-927).
+# Rows per source (training split) and the defaults below: the shipped artifact, about 13
+# minutes on a shared 2-core CPU (797 s). GPTFuzz gets the most rows: harm judgments are the
+# hardest part (6,160 rows there; the other sources have 351-927). llmbar_follow takes every
+# LLMBar training prompt (692 examples), off_topic and cross_na are drawn from thousands.
+# Measured against the same rows without those three (grader_quality.md and the README,
+# "The trained grader"): LLMBar 0.342 -> 0.589 and HH 0.585 -> 0.595 held out, CoCoNot
+# 0.889 -> 0.846. Every coconot, refusal_direction and rbr_gold row on top (6,595 examples)
+# bought CoCoNot back (0.907) but put HH at chance (0.510; 0.547 on HH training prompts,
+# which no grader trains on), so those stay at 400 (grader_quality_cand2.md).
 # HH harmless and LLMBar are pairs (a Bradley-Terry loss on the labeler's margin, see
 # train_classifier.py), each 2 x PAIR_RULES sequences. Off by default: measured with 400 HH
 # and 300 LLMBar pairs, held-out HH agreement fell (0.62 -> 0.48, n=60) and LLMBar stayed
@@ -27,8 +33,8 @@ DEFAULT_DATA = _REPO.parent / "shared" / "data"
 # pairwise agreement on refusal_direction (0.985 -> 0.894) and CoCoNot (0.889 -> 0.852);
 # `--rows rbr_propositions=3000` builds that grader.
 DEFAULT_ROWS = {"gptfuzz": 1500, "refusal_direction": 400, "coconot": 400, "rbr_gold": 400,
-                "rbr_propositions": 0, "hh_harmless": 0, "llmbar": 0,
-                "llmbar_follow": 0, "off_topic": 0, "cross_na": 0}  # fmt: skip
+                "llmbar_follow": 692, "off_topic": 400, "cross_na": 600,
+                "rbr_propositions": 0, "hh_harmless": 0, "llmbar": 0}  # fmt: skip
 SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "label" / "grading" / "trained"
 
 
