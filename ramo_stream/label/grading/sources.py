@@ -151,11 +151,14 @@ def read_jsonl(path: Path) -> Iterator[dict[str, object]]:
                 yield json.loads(line)
 
 
+def _harm_rules(pool: RulePool) -> list[str]:
+    """The pool's harm rules, in pool order (the tone rules are "harmless" too, but not harm)."""
+    return [r.id for r in pool if r.kind == "harmless" and not r.id.startswith("tone-")]
+
+
 def _other_harm_rule(pool: RulePool, exclude: set[str], rng: random.Random) -> str:
     cats = {pool[r].category for r in exclude}
-    options = [r.id for r in pool if r.kind == "harmless" and r.category not in cats]
-    options = [r for r in options if not r.startswith("tone-")]
-    return rng.choice(options)
+    return rng.choice([r for r in _harm_rules(pool) if pool[r].category not in cats])
 
 
 def gptfuzz_examples(
@@ -188,27 +191,29 @@ def split_rows(
 
 
 def pair_examples(
-    path: Path, source: str, split: Literal["train", "test"], seed: int
+    path: Path,
+    source: str,
+    split: Literal["train", "test"],
+    seed: int,
+    rules: tuple[str, ...] = HELP_RULES,
+    name: str | None = None,
 ) -> list[Example]:
-    """Preference pairs over benign requests: chosen follows a help rule, rejected breaks it."""
+    """Preference pairs as rule examples: chosen follows one of ``rules`` (drawn per pair),
+    rejected breaks it. ``source`` decides the split; ``name`` (default ``source``) labels."""
     rng = random.Random(seed)
     out = []
     for row, key in split_rows(path, source, split):
-        rule = rng.choice(HELP_RULES)
+        rule = rng.choice(rules)
         prompt = str(row["prompt"])
-        out.append(Example(source, prompt, str(row["chosen"]), rule, YES, key))
-        out.append(Example(source, prompt, str(row["rejected"]), rule, NO, key))
+        out.append(Example(name or source, prompt, str(row["chosen"]), rule, YES, key))
+        out.append(Example(name or source, prompt, str(row["rejected"]), rule, NO, key))
     return out
 
 
 def follow_examples(path: Path, split: Literal["train", "test"]) -> list[Example]:
-    """LLMBar pairs: ``chosen`` follows the instruction-following rule, ``rejected`` breaks it."""
-    out = []
-    for row, key in split_rows(path, "llmbar", split):
-        prompt = str(row["prompt"])
-        out.append(Example("llmbar_follow", prompt, str(row["chosen"]), FOLLOW_RULE, YES, key))
-        out.append(Example("llmbar_follow", prompt, str(row["rejected"]), FOLLOW_RULE, NO, key))
-    return out
+    """LLMBar pairs: ``chosen`` follows the instruction-following rule, ``rejected`` breaks it
+    (split as the pairwise benchmark splits LLMBar)."""
+    return pair_examples(path, "llmbar", split, 0, (FOLLOW_RULE,), "llmbar_follow")
 
 
 def _words(text: str) -> frozenset[str]:
@@ -247,7 +252,7 @@ def cross_na_examples(
     """NA examples across kinds: a benign-request rule on a GPTFuzz (harmful) question, and a
     harm rule on a refusal_direction or CoCoNot (benign) request, either response."""
     rng = random.Random(seed)
-    harm = [r.id for r in pool if r.kind == "harmless" and not r.id.startswith("tone-")]
+    harm = _harm_rules(pool)
     out = []
     for row in read_jsonl(data / TRAIN_FILES["gptfuzz"]):
         qid = str(row["question_id"])
